@@ -1,0 +1,106 @@
+"""``python -m bench``: run the benchmark suite and write the report.
+
+Usage::
+
+    python -m bench                  # full run, about 2-4 minutes; writes docs/
+    python -m bench --quick --out /tmp/b   # seconds; rough numbers
+    python -m bench --glibc-tunable  # re-run under the glibc memcpy tunable
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+from bench.machine import GLIBC_TUNABLE, tunable_active
+from bench.report import write_report
+from bench.suite import Settings, run_suite
+
+# Set in the environment of the re-executed interpreter, so it cannot loop.
+_REEXEC_MARK = "SOCKSDIRECT_BENCH_REEXEC"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Measure the ring against TCP loopback, Unix sockets and pipes.")
+    p.add_argument("--quick", action="store_true",
+                   help="few iterations (seconds, rough numbers); for smoke tests")
+    p.add_argument("--out", default="docs", metavar="DIR",
+                   help="where bench.md, bench.json and img/ go (default: docs)")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="repeats of every measurement (default 3, --quick 2)")
+    p.add_argument("--pin", choices=("auto", "always", "never"), default="auto",
+                   help="pin parent and child to their own CPUs: auto (when two are free), "
+                        "always, never (default auto)")
+    p.add_argument("--only", metavar="KEYS",
+                   help="comma-separated transports to run, e.g. ring-c,tcp "
+                        "(keys: ring-c, ring-python, tcp, unix, pipe)")
+    p.add_argument("--glibc-tunable", action="store_true",
+                   help=f"re-run the interpreter with GLIBC_TUNABLES={GLIBC_TUNABLE}, "
+                        "which removes glibc's memcpy alignment trap")
+    return p
+
+
+def _reexec_with_tunable(argv: Sequence[str]) -> None:
+    """Start this command again with the memcpy tunable: glibc reads it only at start-up."""
+    env = dict(os.environ)
+    current = env.get("GLIBC_TUNABLES")
+    env["GLIBC_TUNABLES"] = f"{current}:{GLIBC_TUNABLE}" if current else GLIBC_TUNABLE
+    env[_REEXEC_MARK] = "1"
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "bench", *argv], env)
+
+
+def _summary(results: dict, paths: dict) -> list[str]:
+    """The lines printed at the end: goals, then where the report went."""
+    labels = {t["key"]: t["label"] for t in results["transports"]}
+    lines = ["", "headline (round-trip median; 64 B msg/s; 16 KiB GB/s):"]
+    for key, label in labels.items():
+        rtt = results["latency"][key]["median_us"]
+        tput = results["throughput"][key]
+        small = tput.get("64", {}).get("msgs_per_s")
+        large = tput.get("16384", {}).get("gb_per_s")
+        lines.append(f"  {label:<24} {rtt:8.2f} µs"
+                     + (f" {small / 1e6:8.3f} M msg/s" if small else "")
+                     + (f" {large:8.2f} GB/s" if large else ""))
+    lines += ["", "goals:"]
+    for g in results["goals"]:
+        verdict = {True: "pass", False: "FAIL", None: "not measured"}[g["passed"]]
+        value = "-" if g["value"] is None else f"{g['value']:.3g}"
+        lines.append(f"  {verdict:<12} {g['what']} ({g['target']}): "
+                     f"{labels[g['transport']]} {value}")
+    lines += ["", f"finished in {results['duration_s']} s; wrote:"]
+    lines += [f"  {path}" for path in paths.values()]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite as the command line asks; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parser().parse_args(argv)
+    if args.glibc_tunable and not tunable_active():
+        if os.environ.get(_REEXEC_MARK):
+            print("bench: GLIBC_TUNABLES did not take effect", file=sys.stderr)
+            return 2
+        _reexec_with_tunable(argv)
+    settings = Settings.quick() if args.quick else Settings()
+    if args.repeats is not None:
+        settings = replace(settings, repeats=args.repeats)
+    settings = replace(settings, pin=args.pin)
+    if args.only:
+        settings = replace(settings, only=tuple(k.strip() for k in args.only.split(",")))
+    results = run_suite(settings, log=lambda line: print(line, flush=True))
+    paths = write_report(results, args.out)
+    print("\n".join(_summary(results, paths)))
+    if not results["transports"]:
+        print("bench: no transport was measured", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The two figures of ``bench.md``, drawn with matplotlib's Agg backend (no display needed).
+
+* Round trip: bars of the median per transport, a whisker up to the p99
+  and a dot at the p99.9, for two cores and for one core side by side.
+* Throughput: messages/s and GB/s against message size (log scales), one
+  line per transport, with the spread of the repeats as error bars.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["latency_figure", "throughput_figure"]
+
+# Our ring in blues, the kernel in warm colours: the two families read apart at a glance.
+_COLOURS = {
+    "ring-c": "#1f5fa8",
+    "ring-python": "#6fa8dc",
+    "tcp": "#c0392b",
+    "unix": "#e67e22",
+    "pipe": "#7f8c8d",
+}
+_MARKERS = {"ring-c": "o", "ring-python": "s", "tcp": "^", "unix": "D", "pipe": "v"}
+
+
+def _pyplot():
+    """Import pyplot on the Agg backend; late, so forked children never load it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colour(key: str) -> str:
+    return _COLOURS.get(key, "#555555")
+
+
+def _latency_panel(ax, latency: dict, labels: dict[str, str], title: str) -> None:
+    """Draw median bars with p99 whiskers and p99.9 dots for the transports in *latency*."""
+    from matplotlib import ticker
+
+    keys = [k for k in labels if k in latency]
+    if not keys:
+        ax.set_title(title)
+        ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+        return
+    xs = range(len(keys))
+    medians = [latency[k]["median_us"] for k in keys]
+    p99 = [latency[k]["p99_us"] for k in keys]
+    p999 = [latency[k]["p999_us"] for k in keys]
+    ax.bar(xs, medians, color=[_colour(k) for k in keys], width=0.65, zorder=2)
+    above = [max(p - m, 0) for p, m in zip(p99, medians, strict=True)]
+    ax.errorbar(xs, medians, yerr=[[0] * len(keys), above], fmt="none", ecolor="black",
+                capsize=5, linewidth=1.2, zorder=3, label="p99")
+    ax.scatter(xs, p999, color="black", s=14, zorder=4, label="p99.9")
+    for x, m in zip(xs, medians, strict=True):
+        # Above the bar's top, left of the whisker: readable however short the bar.
+        ax.annotate(f"{m:.3g}", (x - 0.3, m), xytext=(0, 3), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=8, fontweight="bold")
+    ax.set_yscale("log")
+    # Plain numbers at 1-2-5 steps read better than powers of ten for microseconds.
+    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    ax.set_xticks(list(xs), [labels[k] for k in keys], rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("round trip, µs (log scale)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", which="both", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def latency_figure(results: dict, path: str | Path) -> Path:
+    """Draw the round-trip figure (two cores | one core) into the PNG *path*."""
+    plt = _pyplot()
+    labels = {t["key"]: t["label"] for t in results["transports"]}
+    pin = results["pinning"]
+    where = (f"CPUs {pin['parent_cpu']} and {pin['child_cpu']}" if pin["pinned"]
+             else "not pinned")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), sharey=True)
+    _latency_panel(left, results["latency"], labels, f"Two processes ({where})")
+    _latency_panel(right, results["one_core"]["latency"], labels,
+                   f"Both on one core (CPU {results['one_core']['cpu']})")
+    # Head room above the highest dot for the legend.
+    top = max([r["p999_us"] for r in results["latency"].values()]
+              + [r["p999_us"] for r in results["one_core"]["latency"].values()] + [1.0])
+    left.set_ylim(top=top * 3)
+    fig.suptitle("8-byte ping-pong round trip: median, p99 whisker, p99.9 dot")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _plain(value: float, _pos: object = None) -> str:
+    """Axis numbers without powers of ten: 0.01, 1, 100k, 1M."""
+    if value >= 1e6:
+        return f"{value / 1e6:g}M"
+    if value >= 1e3:
+        return f"{value / 1e3:g}k"
+    return f"{value:g}"
+
+
+def _size_label(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
+
+
+def throughput_figure(results: dict, path: str | Path) -> Path:
+    """Draw messages/s and GB/s against message size into the PNG *path*."""
+    plt = _pyplot()
+    sizes = [int(n) for n in results["settings"]["sizes"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for t in results["transports"]:
+        key = t["key"]
+        rows = [results["throughput"][key][str(n)] for n in sizes]
+        for ax, metric in ((left, "msgs_per_s"), (right, "gb_per_s")):
+            mid = [r[metric] for r in rows]
+            # max(0, ...): the median and the repeats differ by rounding at one repeat.
+            lo = [max(0.0, m - min(r[f"repeat_{metric}"])) for m, r in zip(mid, rows, strict=True)]
+            hi = [max(0.0, max(r[f"repeat_{metric}"]) - m) for m, r in zip(mid, rows, strict=True)]
+            ax.errorbar(sizes, mid, yerr=[lo, hi], label=t["label"], color=_colour(key),
+                        marker=_MARKERS.get(key, "o"), capsize=3, linewidth=1.6)
+    from matplotlib import ticker
+
+    for ax, ylabel in ((left, "messages per second"), (right, "GB/s")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+        ax.set_xticks(sizes, [_size_label(n) for n in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("message size")
+        ax.set_ylabel(ylabel + " (log scale)")
+        ax.grid(which="major", alpha=0.3)
+    left.set_title("Messages per second", fontsize=10)
+    right.set_title("Bytes per second", fontsize=10)
+    right.legend(fontsize=8, loc="lower right")
+    fig.suptitle("Streaming throughput between two processes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

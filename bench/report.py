@@ -1,0 +1,320 @@
+"""Write the results of a run: ``bench.json``, ``bench.md`` and the figures under ``img/``.
+
+The markdown page is generated, never edited by hand: it gives the
+machine, the method, every number in absolute terms and as a ratio against
+each kernel transport, and a pass/fail line per goal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from bench import plots
+from bench.machine import GLIBC_TUNABLE
+from bench.transports import RING_CAPACITY
+
+__all__ = ["render_markdown", "write_report"]
+
+LATENCY_PNG = "img/bench-latency.png"
+THROUGHPUT_PNG = "img/bench-throughput.png"
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def _size(n: int) -> str:
+    """64 -> '64 B', 16384 -> '16 KiB'."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def _us(x: float) -> str:
+    """Microseconds with three significant digits."""
+    return f"{x:.3g}" if x < 1000 else f"{x:,.0f}"
+
+
+def _rate(x: float) -> str:
+    """Messages per second: 1234567 -> '1.23 M'."""
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M"
+    if x >= 1e3:
+        return f"{x / 1e3:.0f} k"
+    return f"{x:.0f}"
+
+
+def _gbs(x: float) -> str:
+    """GB/s with three significant digits."""
+    return f"{x:.3g}"
+
+
+def _spread(values: Sequence[float], fmt) -> str:
+    """'lo-hi' of the repeats, or '-' for a single repeat."""
+    if len(values) < 2:
+        return "-"
+    return f"{fmt(min(values))}–{fmt(max(values))}"
+
+
+def _ratio(x: float | None) -> str:
+    """A ratio such as '12.3x'; '-' when not measured."""
+    return "-" if x is None else f"{x:.2g}×" if x < 10 else f"{x:.0f}×"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]],
+           numeric: bool = True) -> list[str]:
+    """A GitHub markdown table: the first column left-aligned, the others right if *numeric*."""
+    rest = "---:" if numeric else ":---"
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] + [rest] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+# -- sections -----------------------------------------------------------------------------
+
+
+def _labels(results: dict) -> dict[str, str]:
+    return {t["key"]: t["label"] for t in results["transports"]}
+
+
+def _kernel_keys(results: dict) -> list[str]:
+    return [t["key"] for t in results["transports"] if t["kernel"]]
+
+
+def _machine_section(results: dict) -> list[str]:
+    m = results["machine"]
+    allowed = m["cpus_allowed"]
+    tunables = m.get("glibc_tunables") or "not set"
+    rows = [
+        ("CPU", f"{m['cpu_model']}, {m['cpu_count']} CPUs ({len(allowed)} allowed: "
+                f"{', '.join(map(str, allowed))})"),
+        ("Kernel", m["kernel"] + f" ({m['machine']})"),
+        ("Python", m["python"]),
+        ("C library", f"{m['libc']}; GLIBC_TUNABLES {tunables}"),
+        ("Date", m["date"]),
+        ("Load average (1/5/15 min)",
+         f"{'/'.join(map(str, m['loadavg_start']))} at the start, "
+         f"{'/'.join(map(str, m.get('loadavg_end', [])))} at the end"),
+        ("Run time", f"{results['duration_s']} s"),
+    ]
+    return ["## Machine", "", *_table(["", ""], rows, numeric=False), ""]
+
+
+def _probe_text(results: dict) -> str:
+    probe = results["memcpy_probe"]
+    default, tuned = probe.get("default", {}), probe.get("tunable", {})
+    if "skew16_gb_s" not in default or "skew16_gb_s" not in tuned:
+        return "The memcpy probe could not run here."
+    return (f"On this machine a 64 KiB `memcpy` ran at {default['skew16_gb_s']:.3g} GB/s with "
+            f"the destination 16 bytes past the source (mod 4 KiB) and "
+            f"{default['skew64_gb_s']:.3g} GB/s at 64 bytes past; with `GLIBC_TUNABLES="
+            f"{GLIBC_TUNABLE}` the 16-byte case ran at {tuned['skew16_gb_s']:.3g} GB/s.")
+
+
+def _method_section(results: dict) -> list[str]:
+    s = results["settings"]
+    pin = results["pinning"]
+    tuned = "x86_rep_movsb_threshold" in results["machine"].get("glibc_tunables", "")
+    sizes = ", ".join(f"{_size(n)}: {_count(s, n):,}" for n in s["sizes"])
+    lines = [
+        "## Method", "",
+        "- **Processes.** Each measurement opens its transport, forks, and runs the "
+        "parent and the child in the same loop code for every transport, so the "
+        "ratios compare transports, not harnesses. The garbage collector is off in "
+        "both processes while they measure.",
+        f"- **Pinning.** {'Pinned' if pin['pinned'] else 'Not pinned'}: {pin['reason']}. "
+        f"The one-core runs pin both processes to CPU {pin['one_core_cpu']}.",
+        f"- **Round trip.** The parent sends 8 bytes, the child answers with 8 bytes. "
+        f"{s['rtt_warmup']:,} untimed round trips warm up, then up to "
+        f"{s['rtt_iterations']:,} are timed one by one with `time.perf_counter_ns` "
+        f"(at most {s['rtt_budget']:g} s per run). Percentiles (nearest rank) pool the "
+        "samples of all repeats; the spread is the lowest to highest median of the "
+        "single repeats.",
+        f"- **Streaming.** The parent sends equal messages back to back ({sizes} per "
+        "run, after a tenth as many untimed ones); the child drains them into a "
+        "256 KiB buffer and acknowledges the last byte with one byte. Time runs from "
+        "the first send to that acknowledgement. msg/s counts the parent's messages; "
+        "GB/s is 10^9 bytes/s. Each cell is the median of the repeats, with the "
+        "lowest to highest in brackets.",
+        f"- **Repeats.** {s['repeats']}, interleaved: every transport once, then every "
+        "transport again, so a burst of foreign load hits all of them alike.",
+        "- **Kernel transports.** TCP over 127.0.0.1 with `TCP_NODELAY` on both ends; a "
+        "Unix `SOCK_STREAM` socketpair; two `os.pipe()`s, one per direction. All "
+        "blocking, without socket timeouts (CPython would add a `poll()` per call); an "
+        "interval timer bounds each run instead.",
+        _ring_text(results),
+        "- **The glibc memcpy alignment trap.** " + _probe_text(results) + " The ring "
+        "puts its payload half a page into its mapping, and the benchmark sends from "
+        "and drains into page-aligned buffers, so every run sees the same alignment "
+        "instead of whatever the allocator hands out. "
+        + (f"This run had `GLIBC_TUNABLES={GLIBC_TUNABLE}` set (`--glibc-tunable`)."
+           if tuned else "This run used glibc's defaults, as a user's program would; "
+           "`python -m bench --glibc-tunable` re-runs with the tunable."),
+        "- **Caveat.** The machine is a shared 2-CPU VM; foreign load widens p99 and "
+        "p99.9 most. Compare ratios within one run rather than absolute numbers "
+        "across runs.",
+        "",
+    ]
+    return lines
+
+
+def _ring_text(results: dict) -> str:
+    """The method's bullet on how the ring was set up."""
+    ring = results.get("ring") or {}
+    text = (f"- **Our ring.** `impl.ring.Ring`, one ring of {_size(RING_CAPACITY)} per "
+            "direction, created before the fork and used by both processes through the "
+            "inherited mapping; the C path (`backend=\"c\"`, cffi) and the pure-Python "
+            "path (`backend=\"python\"`) are measured separately, through `send_all` and "
+            "`recv_into`.")
+    if ring:
+        text += (f" A waiter spins for {ring['spin_ns'] / 1000:g} µs (the ring's default), "
+                 f"then calls `sched_yield` up to {ring['yields']} times, then blocks on "
+                 "its eventfd; with both processes on one CPU it does not spin. The spin "
+                 "budget is passed explicitly because the ring's own choice looks at the "
+                 "CPU affinity and would not spin in a process pinned to its own CPU.")
+    return text
+
+
+def _count(settings: dict, size: int) -> int:
+    """The streaming message count for *size*, as Settings.stream_count computes it."""
+    return max(settings["stream_min_count"],
+               min(settings["stream_max_count"], settings["stream_bytes"] // size))
+
+
+def _goals_section(results: dict) -> list[str]:
+    labels = _labels(results)
+    rows = []
+    for g in results["goals"]:
+        value = g["value"]
+        if value is None:
+            shown, verdict = "not measured", "-"
+        else:
+            shown = (_rate(value) + " msg/s" if g["goal"] == "msgs_64"
+                     else f"{_us(value)} µs" if g["goal"] == "one_core_p99"
+                     else _ratio(value))
+            verdict = "**pass**" if g["passed"] else "**FAIL**"
+        rows.append((g["what"], g["target"], labels[g["transport"]],
+                     shown, verdict))
+    if not rows:
+        return ["## Goals", "", "No ring transport was measured, so no goal is judged.", ""]
+    return ["## Goals", "",
+            "Judged on this run's medians (the p99 for the one-core goal).", "",
+            *_table(["goal", "target", "transport", "measured", "result"], rows), ""]
+
+
+def _latency_rows(latency: dict, labels: dict, kernels: list[str]) -> list[list[str]]:
+    rows = []
+    for key, label in labels.items():
+        if key not in latency:
+            continue
+        r = latency[key]
+        row = [label, _us(r["median_us"]), _us(r["p99_us"]), _us(r["p999_us"]),
+               _spread(r["repeat_median_us"], _us), f"{r['samples']:,}"]
+        row += [_ratio(latency[k]["median_us"] / r["median_us"]) for k in kernels]
+        rows.append(row)
+    return rows
+
+
+def _latency_section(results: dict) -> list[str]:
+    labels = _labels(results)
+    kernels = _kernel_keys(results)
+    header = ["transport", "median µs", "p99 µs", "p99.9 µs", "spread of medians µs",
+              "samples"] + [f"{labels[k]} ÷ this" for k in kernels]
+    return ["## Round trip: 8-byte ping-pong", "",
+            f"![Round trip latency]({LATENCY_PNG})", "",
+            "Bars are medians, whiskers reach the p99, dots mark the p99.9. A ratio "
+            "column says how many times the kernel transport's median is this "
+            "transport's median (above 1: this one is faster).", "",
+            *_table(header, _latency_rows(results["latency"], labels, kernels)), ""]
+
+
+def _throughput_section(results: dict) -> list[str]:
+    labels = _labels(results)
+    kernels = _kernel_keys(results)
+    tput = results["throughput"]
+    sizes = [str(n) for n in results["settings"]["sizes"]]
+    size_names = [_size(int(n)) for n in sizes]
+
+    def cells(key: str, metric: str, fmt) -> list[str]:
+        out = []
+        for n in sizes:
+            r = tput[key][n]
+            spread = _spread(r[f"repeat_{metric}"], fmt)
+            out.append(fmt(r[metric]) + ("" if spread == "-" else f" ({spread})"))
+        return out
+
+    msgs = [[labels[k], *cells(k, "msgs_per_s", _rate)] for k in labels]
+    gbs = [[labels[k], *cells(k, "gb_per_s", _gbs)] for k in labels]
+    # Rings against each kernel transport; kernel against kernel only when
+    # there is no ring to compare.
+    compared = [k for k in labels if k not in kernels] or list(labels)
+    ratios = []
+    for key in compared:
+        for kernel in kernels:
+            if key == kernel:
+                continue
+            ratios.append([labels[key], labels[kernel]]
+                          + [_ratio(tput[key][n]["msgs_per_s"] / tput[kernel][n]["msgs_per_s"])
+                             for n in sizes])
+    ratio_header = ["transport", "against"] + size_names
+    return ["## Streaming throughput", "",
+            f"![Throughput against message size]({THROUGHPUT_PNG})", "",
+            "### Messages per second", "", *_table(["transport"] + size_names, msgs), "",
+            "### GB/s", "", *_table(["transport"] + size_names, gbs), "",
+            "### Ratio against each kernel transport (times its throughput)", "",
+            *_table(ratio_header, ratios), ""]
+
+
+def _one_core_section(results: dict) -> list[str]:
+    labels = _labels(results)
+    one = results["one_core"]["latency"]
+    kernels = [k for k in _kernel_keys(results) if k in one]
+    header = ["transport", "median µs", "p99 µs", "p99.9 µs", "spread of medians µs",
+              "samples"] + [f"{labels[k]} ÷ this" for k in kernels]
+    return [f"## Both processes on one core (CPU {results['one_core']['cpu']})", "",
+            "The same 8-byte ping-pong with parent and child pinned to one CPU: every "
+            "round trip needs two context switches, so how a waiter gives up the CPU "
+            "decides the result (see the right panel of the round-trip figure).", "",
+            *_table(header, _latency_rows(one, labels, kernels)), ""]
+
+
+def _left_out_section(results: dict) -> list[str]:
+    lines = []
+    for key, reason in results["skipped"].items():
+        lines.append(f"- `{key}` skipped: {reason}")
+    for key, reason in results["failed"].items():
+        lines.append(f"- `{key}` failed and was dropped: {reason}")
+    return ["## Left out", "", *lines, ""] if lines else []
+
+
+def render_markdown(results: dict) -> str:
+    """Return ``bench.md`` for *results* (as returned by :func:`bench.suite.run_suite`)."""
+    lines = [
+        "# Benchmarks", "",
+        "Generated by `make bench` (`python -m bench`); do not edit by hand. The raw "
+        "numbers are in [bench.json](bench.json).", "",
+    ]
+    for section in (_goals_section, _machine_section, _method_section, _latency_section,
+                    _throughput_section, _one_core_section, _left_out_section):
+        lines += section(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write bench.json, bench.md and the two figures under *out_dir*; return their paths."""
+    out = Path(out_dir)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    paths = {
+        "json": out / "bench.json",
+        "markdown": out / "bench.md",
+        "latency_png": out / LATENCY_PNG,
+        "throughput_png": out / THROUGHPUT_PNG,
+    }
+    paths["json"].write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    plots.latency_figure(results, paths["latency_png"])
+    plots.throughput_figure(results, paths["throughput_png"])
+    paths["markdown"].write_text(render_markdown(results))
+    return paths

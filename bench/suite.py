@@ -1,0 +1,270 @@
+"""The whole benchmark run: which measurements, how often, in what order, and the goals.
+
+:func:`run_suite` measures every transport side by side and returns plain,
+JSON-ready data; :mod:`bench.report` and :mod:`bench.plots` turn that into
+``bench.md``, ``bench.json`` and the figures.  Repeats are interleaved
+(every transport once, then every transport again), so a burst of foreign
+load on the shared machine hits all transports alike instead of one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+
+from bench import machine
+from bench.measure import Placement, round_trips, stream
+from bench.transports import Transport, available_transports, ring_settings
+
+__all__ = ["GOALS", "SIZES", "Settings", "evaluate_goals", "percentile", "run_suite"]
+
+#: Streaming message sizes: 64 B, 1 KiB, 16 KiB, 256 KiB.
+SIZES = (64, 1024, 16 * 1024, 256 * 1024)
+
+# The kernel transports the one-core runs compare the ring with.
+_ONE_CORE_KERNEL = ("unix", "pipe")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure.  The defaults are the full run (a few minutes)."""
+
+    repeats: int = 3
+    rtt_warmup: int = 2_000
+    rtt_iterations: int = 100_000
+    rtt_budget: float = 3.0  # seconds of round trips per run, at most
+    one_core_iterations: int = 20_000
+    one_core_budget: float = 2.0
+    sizes: tuple[int, ...] = SIZES
+    stream_bytes: int = 256 << 20  # bytes per streaming run, within the counts below
+    stream_min_count: int = 200
+    stream_max_count: int = 200_000
+    deadline: float = 120.0  # seconds any single measurement may take
+    pin: str = "auto"
+    only: tuple[str, ...] = field(default=())  # transport keys to run; empty: all
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot produce a measurement."""
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.rtt_iterations < 1 or self.one_core_iterations < 1:
+            raise ValueError("round-trip iteration counts must be >= 1")
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"sizes must be positive byte counts, got {self.sizes}")
+        if not 1 <= self.stream_min_count <= self.stream_max_count:
+            raise ValueError("need 1 <= stream_min_count <= stream_max_count")
+
+    @classmethod
+    def quick(cls) -> Settings:
+        """Few iterations: seconds instead of minutes, for smoke tests (numbers are rough)."""
+        return cls(repeats=2, rtt_warmup=300, rtt_iterations=3_000, rtt_budget=0.5,
+                   one_core_iterations=1_000, one_core_budget=0.5,
+                   stream_bytes=8 << 20, stream_min_count=20, stream_max_count=10_000,
+                   deadline=60.0)
+
+    def stream_count(self, size: int) -> int:
+        """Return how many messages of *size* bytes one streaming run sends."""
+        return max(self.stream_min_count, min(self.stream_max_count, self.stream_bytes // size))
+
+    def stream_warmup(self, size: int) -> int:
+        """Return how many untimed messages go first: a tenth of the run, at least 10."""
+        return max(10, self.stream_count(size) // 10)
+
+
+def percentile(ordered: Sequence[int], q: float) -> int:
+    """Return the *q*-th percentile (nearest rank) of the sorted samples *ordered*."""
+    if not ordered:
+        raise ValueError("percentile of no samples")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in [0, 100], got {q}")
+    # Exact arithmetic: in floats 99.9 / 100 * 1000 is 999.0000000000001, one rank too far.
+    rank = max(1, math.ceil(Fraction(str(q)) * len(ordered) / 100))
+    return ordered[rank - 1]
+
+
+def _summarise_rtt(runs: list[list[int]]) -> dict[str, object]:
+    """Pool the round-trip samples of all repeats; keep each repeat's median and p99."""
+    pooled = sorted(s for run in runs for s in run)
+    per_run = [sorted(run) for run in runs]
+    us = 1e-3
+    return {
+        "samples": len(pooled),
+        "median_us": percentile(pooled, 50) * us,
+        "p99_us": percentile(pooled, 99) * us,
+        "p999_us": percentile(pooled, 99.9) * us,
+        "min_us": pooled[0] * us,
+        "max_us": pooled[-1] * us,
+        "mean_us": sum(pooled) / len(pooled) * us,
+        "repeat_median_us": [percentile(r, 50) * us for r in per_run],
+        "repeat_p99_us": [percentile(r, 99) * us for r in per_run],
+    }
+
+
+def _summarise_stream(size: int, count: int, elapsed_ns: list[int]) -> dict[str, object]:
+    """Turn the elapsed times of the repeats into msg/s and GB/s (median of repeats)."""
+    rates = sorted(count / (ns * 1e-9) for ns in elapsed_ns)
+    middle = rates[len(rates) // 2] if len(rates) % 2 else (
+        (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2)
+    return {
+        "size": size,
+        "count": count,
+        "msgs_per_s": middle,
+        "gb_per_s": middle * size / 1e9,
+        "repeat_msgs_per_s": [count / (ns * 1e-9) for ns in elapsed_ns],
+        "repeat_gb_per_s": [count * size / ns for ns in elapsed_ns],
+    }
+
+
+# name, what is measured, target, how the measured value is compared.
+GOALS = (
+    ("rtt_vs_tcp", "Round trip ≤ 1/12 of TCP loopback's", "≥ 12× faster", 12.0),
+    ("rtt_vs_unix", "Round trip ≤ 1/8 of a Unix socket's", "≥ 8× faster", 8.0),
+    ("msgs_64", "Streaming 64 B messages", "≥ 1.2 M msg/s", 1.2e6),
+    ("tput_16k_vs_tcp", "Streaming 16 KiB against TCP loopback", "≥ 6× TCP's GB/s", 6.0),
+    ("one_core_p99", "Both on one core: round-trip p99", "< 100 µs", 100.0),
+)
+
+
+def _goal_value(goal: str, key: str, results: dict) -> float | None:
+    """Return the measured value of *goal* for transport *key*, or None if not measured."""
+    rtt, tput, one = results["latency"], results["throughput"], results["one_core"]["latency"]
+    try:
+        if goal == "rtt_vs_tcp":
+            return rtt["tcp"]["median_us"] / rtt[key]["median_us"]
+        if goal == "rtt_vs_unix":
+            return rtt["unix"]["median_us"] / rtt[key]["median_us"]
+        if goal == "msgs_64":
+            return tput[key]["64"]["msgs_per_s"]
+        if goal == "tput_16k_vs_tcp":
+            return tput[key]["16384"]["gb_per_s"] / tput["tcp"]["16384"]["gb_per_s"]
+        if goal == "one_core_p99":
+            return one[key]["p99_us"]
+    except (KeyError, ZeroDivisionError):
+        return None
+    raise ValueError(f"unknown goal {goal!r}")
+
+
+def evaluate_goals(results: dict) -> list[dict[str, object]]:
+    """Judge every goal for each ring backend that was measured: value and pass/fail."""
+    rings = [t["key"] for t in results["transports"] if not t["kernel"]]
+    verdicts = []
+    for name, what, target, bound in GOALS:
+        for key in rings:
+            value = _goal_value(name, key, results)
+            if value is None:
+                passed = None
+            elif name == "one_core_p99":
+                passed = value < bound
+            else:
+                passed = value >= bound
+            verdicts.append({"goal": name, "what": what, "target": target, "bound": bound,
+                             "transport": key, "value": value, "passed": passed})
+    return verdicts
+
+
+class _Runner:
+    """Runs measurements, drops a transport after its first failure, and logs progress."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.failed: dict[str, str] = {}
+
+    def attempt(self, transport: Transport, what: str, run: Callable[[], object]) -> object:
+        """Run one measurement; on failure record why and return None."""
+        if transport.key in self.failed:
+            return None
+        started = time.monotonic()
+        try:
+            value = run()
+        except (OSError, EOFError, ValueError) as exc:
+            self.failed[transport.key] = f"{what}: {type(exc).__name__}: {exc}"
+            self.log(f"  {transport.key:<10} {what}: FAILED ({exc}); dropped from the run")
+            return None
+        self.log(f"  {transport.key:<10} {what} ({time.monotonic() - started:.1f} s)")
+        return value
+
+
+def run_suite(settings: Settings | None = None,
+              log: Callable[[str], None] = print) -> dict[str, object]:
+    """Measure every transport side by side and return the results as JSON-ready data."""
+    settings = settings or Settings()
+    started = time.monotonic()
+    info = machine.machine_info()
+    info["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
+    log("probing glibc memcpy at the alignment trap ...")
+    probe = machine.memcpy_probe()
+    plan = machine.plan_pinning(settings.pin)
+    log(f"{'pinned' if plan.pinned else 'not pinned'}: {plan.reason}")
+    transports, skipped = available_transports()
+    if settings.only:
+        transports = [t for t in transports if t.key in settings.only]
+    for key, reason in skipped.items():
+        log(f"skipped {key}: {reason}")
+    two = Placement(plan.parent_cpu, plan.child_cpu)
+    one = Placement(plan.one_core_cpu, plan.one_core_cpu)
+    one_core = [t for t in transports if not t.kernel or t.key in _ONE_CORE_KERNEL]
+    runner = _Runner(log)
+    s = settings
+    rtt_runs: dict[str, list[list[int]]] = {t.key: [] for t in transports}
+    one_runs: dict[str, list[list[int]]] = {t.key: [] for t in one_core}
+    stream_runs: dict[str, dict[int, list[int]]] = {
+        t.key: {size: [] for size in s.sizes} for t in transports}
+
+    for rep in range(1, s.repeats + 1):
+        log(f"repeat {rep}/{s.repeats}: round trips, 8 B")
+        for t in transports:
+            got = runner.attempt(t, "round trips", lambda t=t: round_trips(
+                t, two, warmup=s.rtt_warmup, iterations=s.rtt_iterations,
+                budget=s.rtt_budget, seconds=s.deadline))
+            if got is not None:
+                rtt_runs[t.key].append(got)
+        for size in s.sizes:
+            log(f"repeat {rep}/{s.repeats}: streaming {size} B x {s.stream_count(size)}")
+            for t in transports:
+                got = runner.attempt(t, f"stream {size} B", lambda t=t, size=size: stream(
+                    t, two, size=size, warmup=s.stream_warmup(size),
+                    count=s.stream_count(size), seconds=s.deadline))
+                if got is not None:
+                    stream_runs[t.key][size].append(got)
+        log(f"repeat {rep}/{s.repeats}: round trips with both processes on CPU "
+            f"{plan.one_core_cpu}")
+        for t in one_core:
+            got = runner.attempt(t, "one-core round trips", lambda t=t: round_trips(
+                t, one, warmup=min(s.rtt_warmup, s.one_core_iterations),
+                iterations=s.one_core_iterations, budget=s.one_core_budget,
+                seconds=s.deadline))
+            if got is not None:
+                one_runs[t.key].append(got)
+
+    # A transport that failed once is reported as failed, not with partial data.
+    ok = [t for t in transports if t.key not in runner.failed]
+    results: dict[str, object] = {
+        "schema": 1,
+        "machine": info,
+        "settings": asdict(s),
+        "pinning": plan.as_dict(),
+        "memcpy_probe": probe,
+        "ring": ring_settings(),
+        "transports": [{"key": t.key, "label": t.label, "kernel": t.kernel} for t in ok],
+        "skipped": skipped,
+        "failed": runner.failed,
+        "latency": {t.key: _summarise_rtt(rtt_runs[t.key]) for t in ok},
+        "throughput": {
+            t.key: {str(size): _summarise_stream(size, s.stream_count(size),
+                                                 stream_runs[t.key][size])
+                    for size in s.sizes}
+            for t in ok},
+        "one_core": {
+            "cpu": plan.one_core_cpu,
+            "latency": {t.key: _summarise_rtt(one_runs[t.key])
+                        for t in one_core if t.key not in runner.failed},
+        },
+    }
+    results["goals"] = evaluate_goals(results)
+    info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    return results

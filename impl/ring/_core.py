@@ -1,0 +1,420 @@
+"""What both ring backends share: result codes, errors, and the endpoint logic.
+
+A backend supplies one primitive per endpoint, ``_op(buf, off, n, flags,
+spin_ns) -> int``, that does one whole ring operation (RingCredit!Write for
+the writer, RingCredit!Recv for the reader) and returns an encoded result;
+the C helpers in ``ring.h`` and the Python ones in ``pyring.py`` return the
+same codes for the same ring state.  Everything around it - blocking,
+timeouts, waking the peer, closing, errors - is written once, here.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import os
+import select
+import time
+from typing import TYPE_CHECKING, NamedTuple
+
+from impl.ring import layout
+
+if TYPE_CHECKING:
+    from impl.ring import Ring
+
+# Flags for _op (the same values as SD_PEEK / SD_ARM in ring.h).
+PEEK = 1   # read: copy out without consuming
+ARM = 2    # publish the sleeping flag (and re-check) if nothing can be done
+
+# Result encoding (see ring.h): writes return n << 1 | wake, reads
+# n << 2 | eof << 1 | wake; errors are odd negative numbers, so that one
+# test of bit 0 sends both a needed wake-up and an error to the slow path.
+WAKE = 1
+EOF = 2
+ERR_CLOSED = -1
+ERR_PIPE = -3
+ERR_MAGIC = -5
+ERR_CAPACITY = -7
+ERR_HEAD_AHEAD = -9
+ERR_TAIL_BEYOND = -11
+
+#: Default spin budget in nanoseconds before a waiter starts yielding.  A
+#: round trip through the C path takes about 2 us, so 20 us covers a peer
+#: that answers at once while costing little CPU when it does not.
+SPIN_NS = 20_000
+#: Default number of ``os.sched_yield()`` rounds before a waiter blocks on
+#: its eventfd.  A yield costs about 1 us when no one else wants the CPU and
+#: hands the CPU to the peer when both share one core.
+YIELDS = 32
+
+_W_MAGIC = layout.word(layout.OFF_MAGIC)
+_W_CAPACITY = layout.word(layout.OFF_CAPACITY)
+_W_TAIL = layout.word(layout.OFF_TAIL)
+_W_HEAD = layout.word(layout.OFF_HEAD)
+
+
+class RingCorrupt(OSError):
+    """Shared ring state is inconsistent; the ring cannot be used safely.
+
+    ``errno`` is ``EBADMSG``; ``fault`` names what was found wrong, e.g.
+    ``"bad magic"`` or ``"head ahead of tail"``, and the message starts with
+    it.  Nothing was read from or written to the payload, or to the caller's
+    buffer, when this is raised.  The two-copy mode (``credit.py``) raises it
+    too, for inconsistent positions arriving over its channels.
+    """
+
+    def __init__(self, fault: str, detail: str = "") -> None:
+        msg = f"ring corrupt: {fault}" + (f" ({detail})" if detail else "")
+        super().__init__(errno.EBADMSG, msg)
+        self.fault = fault
+
+
+class RingFds(NamedTuple):
+    """The descriptors that make up a ring: pass all three to share it."""
+
+    memfd: int       #: the shared memory (header and payload)
+    data_efd: int    #: eventfd the reader blocks on; the writer signals it
+    space_efd: int   #: eventfd the writer blocks on; the reader signals it
+
+
+class RingSnapshot(NamedTuple):
+    """A read-only copy of a ring's state, for checking it against the spec."""
+
+    head: int     #: RingCredit's ``head``
+    tail: int     #: RingCredit's ``tail`` (and ``rtail``: shm makes them equal)
+    data: bytes   #: the payload, slot 0 first: RingCredit's ``buf``
+
+
+def position_fault(head: int, tail: int, capacity: int) -> RingCorrupt | None:
+    """Return the RingCorrupt for positions breaking RingCredit!Bounds, or None."""
+    if head > tail:
+        return RingCorrupt("head ahead of tail", f"head={head}, tail={tail}")
+    if tail - head > capacity:
+        return RingCorrupt("tail beyond head + capacity",
+                           f"head={head}, tail={tail}, capacity={capacity}")
+    return None
+
+
+def closed_error(what: str) -> OSError:
+    """Return the error for using an endpoint or ring after it was closed.
+
+    EBADF, as for a closed socket: the descriptor-like object is gone.
+    """
+    return OSError(errno.EBADF, f"{what} is closed")
+
+
+def deadline_for(timeout: float | None) -> float | None:
+    """Return the monotonic deadline for *timeout* seconds (None: wait forever)."""
+    if timeout is None:
+        return None
+    if not timeout >= 0:  # also rejects NaN
+        raise ValueError(f"timeout must be None or >= 0 seconds, got {timeout!r}")
+    return time.monotonic() + timeout
+
+
+class _Endpoint:
+    """Shared machinery of RingWriter and RingReader."""
+
+    _kind = "ring endpoint"
+    _my_flag = 0        # header word of this side's sleeping flag
+    _closed_flag = 0    # header word this side sets on close
+
+    def __init__(self, ring: Ring, wait_efd: int, signal_efd: int,
+                 spin_ns: int, yields: int) -> None:
+        self._ring = ring
+        self._cap = ring.capacity
+        self._q = ring._q           # header words; None once closed
+        self._wait_efd = wait_efd
+        self._signal_efd = signal_efd
+        self._spin_ns = spin_ns
+        self._yields = yields
+        self._poller = select.poll()
+        self._poller.register(wait_efd, select.POLLIN)
+        self._closed = False
+
+    # -- backend hooks ------------------------------------------------------
+    def _op(self, buf, off: int, n: int, flags: int, spin_ns: int) -> int:
+        raise NotImplementedError
+
+    def _store_flag(self, word: int, value: int) -> None:
+        """Store a header flag of this side (the C backend uses an atomic)."""
+        self._q[word] = value
+
+    def _detach(self) -> None:
+        """Forget the mapping: every later operation fails with EBADF."""
+        self._closed = True
+        self._q = None
+
+    # -- shared logic -------------------------------------------------------
+    def _words(self):
+        q = self._q
+        if q is None:
+            raise closed_error(self._kind)
+        return q
+
+    def _positions(self) -> tuple[int, int]:
+        """Return (head, tail) after the same checks every operation makes."""
+        q = self._words()
+        if q[_W_MAGIC] != layout.MAGIC:
+            raise RingCorrupt("bad magic", f"{q[_W_MAGIC]:#x}")
+        if q[_W_CAPACITY] != self._cap:
+            raise RingCorrupt("capacity mismatch",
+                              f"header says {q[_W_CAPACITY]}, mapping holds {self._cap}")
+        head, tail = q[_W_HEAD], q[_W_TAIL]
+        fault = position_fault(head, tail, self._cap)
+        if fault is not None:
+            raise fault
+        return head, tail
+
+    def _error(self, r: int) -> OSError:
+        """Map a negative result code to the exception to raise."""
+        if r == ERR_CLOSED:
+            return closed_error(self._kind)
+        if r == ERR_PIPE:
+            return BrokenPipeError(errno.EPIPE, "the ring's reader has closed")
+        if r == ERR_MAGIC or r == ERR_CAPACITY:
+            try:
+                self._positions()
+            except RingCorrupt as exc:
+                return exc
+            return RingCorrupt("bad magic" if r == ERR_MAGIC else "capacity mismatch")
+        q = self._q
+        head, tail = (q[_W_HEAD], q[_W_TAIL]) if q is not None else (-1, -1)
+        name = "head ahead of tail" if r == ERR_HEAD_AHEAD else "tail beyond head + capacity"
+        return position_fault(head, tail, self._cap) or RingCorrupt(name)
+
+    def _signal(self) -> None:
+        """Wake the peer: it published its sleeping flag and we cleared it."""
+        os.eventfd_write(self._signal_efd, 1)
+
+    def _disarm(self) -> None:
+        q = self._q
+        if q is not None:
+            self._store_flag(self._my_flag, 0)
+
+    def _block(self, buf, off: int, n: int, deadline: float | None) -> int:
+        """Repeat the operation until it does something: spin, yield, then sleep.
+
+        Returns the first non-zero result (bytes moved, EOF or an error code).
+        The sleep is safe against lost wake-ups because _op(ARM) publishes
+        this side's sleeping flag and re-checks after a full fence (ring.h).
+        """
+        op = self._op
+        spin = self._spin_ns
+        if deadline is not None:
+            spin = min(spin, max(0, int((deadline - time.monotonic()) * 1e9)))
+        r = op(buf, off, n, 0, spin)
+        if r:
+            return r
+        for _ in range(self._yields):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            os.sched_yield()
+            r = op(buf, off, n, 0, 0)
+            if r:
+                return r
+        poll = self._poller.poll
+        while True:
+            r = op(buf, off, n, ARM, 0)
+            if r:
+                return r
+            if deadline is None:
+                ready = poll()
+            else:
+                left = deadline - time.monotonic()
+                ready = poll(max(0, math.ceil(left * 1000))) if left > 0 else []
+                if not ready and time.monotonic() >= deadline:
+                    self._disarm()
+                    raise TimeoutError(errno.ETIMEDOUT, f"{self._kind} timed out")
+            if ready:
+                try:  # non-blocking: a spurious wake-up finds it empty
+                    os.eventfd_read(self._wait_efd)
+                except BlockingIOError:
+                    pass
+
+    def _set_closed(self) -> None:
+        """Publish this side's close flag, wake the peer, and detach."""
+        if self._closed:
+            return
+        if self._q is not None:
+            self._store_flag(self._closed_flag, 1)
+            # Signal unconditionally: close is rare, and a peer about to
+            # sleep then finds the eventfd set whatever its flag said.
+            self._signal()
+        self._detach()
+
+    @property
+    def closed(self) -> bool:
+        """True once this endpoint (or its ring) was closed in this process."""
+        return self._closed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close this endpoint; see the subclasses."""
+        self._set_closed()
+
+
+class RingWriter(_Endpoint):
+    """The sending end of a ring: RingCredit's sender under transport "shm".
+
+    One writer per ring at a time (the token system arbitrates between
+    threads and processes).  ``write`` never blocks; ``send_all`` does.
+    """
+
+    _kind = "ring writer"
+    _my_flag = layout.word(layout.OFF_WRITER_SLEEPING)
+    _closed_flag = layout.word(layout.OFF_CLOSED_WR)
+
+    def _source(self, data):
+        """Return (buffer for _op, its length in bytes)."""
+        raise NotImplementedError
+
+    def _finish(self, r: int) -> int:
+        """Slow path of a write result: raise an error or wake the reader."""
+        if r < 0:
+            raise self._error(r)
+        self._signal()
+        return r >> 1
+
+    def write(self, data) -> int:
+        """Copy as much of *data* as fits; return the count (0 if full). Never blocks.
+
+        RingCredit!Write for ``min(len(data), free)`` bytes.  Raises
+        BrokenPipeError if the reader has closed, OSError(EBADF) after close,
+        RingCorrupt if the header is inconsistent.
+        """
+        src, n = self._source(data)
+        r = self._op(src, 0, n, 0, 0)
+        if r & 1:
+            return self._finish(r)
+        return r >> 1
+
+    def send_all(self, data, timeout: float | None = None) -> None:
+        """Write all of *data*, waiting for space: spin, then yield, then block.
+
+        Raises TimeoutError if *timeout* seconds pass first (some bytes may
+        have been written), BrokenPipeError if the reader closes.
+        """
+        deadline = deadline_for(timeout)
+        src, total = self._source(data)
+        off = 0
+        op = self._op
+        while off < total:
+            r = op(src, off, total - off, 0, 0)  # RingCredit!Write
+            if r == 0:
+                r = self._block(src, off, total - off, deadline)
+            off += self._finish(r) if r & 1 else r >> 1
+        if total == 0:
+            self._words()  # still fail after close, like a 0-byte send
+
+    def close(self) -> None:
+        """Half-close: the reader gets EOF once it has read all that was written.
+
+        Wakes a sleeping reader.  Later writes raise OSError(EBADF).
+        Closing twice is harmless.
+        """
+        self._set_closed()
+
+    @property
+    def free(self) -> int:
+        """Bytes that can be written now: C - (tail - head)."""
+        head, tail = self._positions()
+        return self._cap - (tail - head)
+
+    @property
+    def tail(self) -> int:
+        """Stream position written up to (RingCredit's ``tail``)."""
+        return self._positions()[1]
+
+
+class RingReader(_Endpoint):
+    """The receiving end of a ring: RingCredit's receiver under transport "shm"."""
+
+    _kind = "ring reader"
+    _my_flag = layout.word(layout.OFF_READER_SLEEPING)
+    _closed_flag = layout.word(layout.OFF_CLOSED_RD)
+
+    def _target(self, buf):
+        """Return (writable buffer for _op, its length in bytes)."""
+        raise NotImplementedError
+
+    def _finish(self, r: int) -> int:
+        """Slow path of a read result: raise an error or wake the writer."""
+        if r < 0:
+            raise self._error(r)
+        self._signal()
+        return r >> 2
+
+    def read_into(self, buf, *, peek: bool = False) -> int:
+        """Copy up to ``len(buf)`` available bytes into *buf*; return the count.
+
+        Never blocks: returns 0 when the ring is empty (check ``eof``).
+        RingCredit!Recv; with *peek* the bytes stay in the ring.
+        """
+        dst, n = self._target(buf)
+        r = self._op(dst, 0, n, PEEK if peek else 0, 0)
+        if r & 1:
+            return self._finish(r)
+        return r >> 2
+
+    def recv_into(self, buf, timeout: float | None = None) -> int:
+        """Wait until at least one byte is available, then read like read_into.
+
+        Returns 0 only at EOF (the writer closed and everything was read) or
+        for an empty *buf*.  Raises TimeoutError after *timeout* seconds.
+        """
+        deadline = deadline_for(timeout)
+        dst, n = self._target(buf)
+        if n == 0:
+            self._words()
+            return 0
+        r = self._op(dst, 0, n, 0, 0)  # RingCredit!Recv
+        if r == 0:
+            r = self._block(dst, 0, n, deadline)
+        if r & 1:
+            return self._finish(r)
+        return r >> 2
+
+    def read(self, n: int) -> bytes:
+        """Return up to *n* available bytes without blocking (b"" if none)."""
+        if n < 0:
+            raise ValueError(f"read size must be >= 0, got {n}")
+        buf = bytearray(min(n, self._cap))
+        k = self.read_into(buf)
+        return bytes(buf[:k])
+
+    def close(self) -> None:
+        """Stop reading: the writer's next write raises BrokenPipeError (EPIPE).
+
+        Wakes a writer waiting for space.  Unread bytes are discarded.
+        Later reads raise OSError(EBADF).  Closing twice is harmless.
+        """
+        self._set_closed()
+
+    @property
+    def available(self) -> int:
+        """Bytes that can be read now: tail - head."""
+        head, tail = self._positions()
+        return tail - head
+
+    @property
+    def head(self) -> int:
+        """Stream position consumed up to (RingCredit's ``head``)."""
+        return self._positions()[0]
+
+    @property
+    def eof(self) -> bool:
+        """True when the writer closed and every byte it wrote has been read."""
+        q = self._words()
+        # closed_wr first: it is stored after the last tail, so a tail read
+        # after seeing it is final.
+        closed = q[self._closed_flag_peer]
+        head, tail = self._positions()
+        return bool(closed) and head == tail
+
+    _closed_flag_peer = layout.word(layout.OFF_CLOSED_WR)

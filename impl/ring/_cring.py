@@ -1,0 +1,121 @@
+"""The C ring path: endpoints whose operations are single calls into ring.h.
+
+The wrapper is deliberately thin: the C function, the endpoint's
+``struct sd_ring`` and the flags are bound once in ``__init__``, so a
+``write`` or ``read_into`` costs one attribute load per thing it touches and
+one cffi call.  cffi passes a ``bytes`` object to ``const char *`` without a
+copy; any other buffer goes through ``ffi.from_buffer`` (which also pins a
+bytearray against resizing for the duration of the call).
+"""
+
+from __future__ import annotations
+
+from impl.ring import _core, layout
+from impl.ring._ring_c import ffi, lib
+
+__all__ = ["CRingWriter", "CRingReader", "check_build", "ffi", "lib"]
+
+
+def check_build() -> str | None:
+    """Return why the compiled module does not match this source tree, or None.
+
+    A stale ``_ring_c`` built from an older layout.py would index the header
+    wrongly; refusing it is cheaper than debugging that.
+    """
+    expected = {f"SD_{name}": getattr(layout, name) for name in layout.__all__
+                if name.startswith("OFF_")}
+    expected.update(SD_DATA_OFF=layout.DATA_OFF, SD_MAGIC=layout.MAGIC,
+                    SD_PEEK=_core.PEEK, SD_ARM=_core.ARM,
+                    SD_ERR_CLOSED=_core.ERR_CLOSED, SD_ERR_PIPE=_core.ERR_PIPE,
+                    SD_ERR_MAGIC=_core.ERR_MAGIC, SD_ERR_CAPACITY=_core.ERR_CAPACITY,
+                    SD_ERR_HEAD_AHEAD=_core.ERR_HEAD_AHEAD,
+                    SD_ERR_TAIL_BEYOND=_core.ERR_TAIL_BEYOND)
+    for name, value in expected.items():
+        got = getattr(lib, name, None)
+        if got != value:
+            return f"{name} is {got!r} in the compiled module, {value!r} in layout.py"
+    return None
+
+
+def _not_writable(buf) -> TypeError:
+    # What socket.recv_into raises for a read-only buffer.
+    return TypeError(f"a writable buffer is required, not {type(buf).__name__}")
+
+
+class _COps:
+    """Binding of an endpoint to its ``struct sd_ring``."""
+
+    def _setup_c(self, ring) -> None:
+        # One struct per endpoint: closing the endpoint NULLs its base, and
+        # every C call on it then returns SD_ERR_CLOSED instead of touching
+        # memory that may be unmapped.
+        self._p = ffi.new("struct sd_ring *")
+        self._p.base = ring._cbuf
+        self._p.capacity = ring.capacity
+
+    def _store_flag(self, word: int, value: int) -> None:
+        lib.sd_ring_store(self._p, word * 8, value)
+
+    def _detach(self) -> None:
+        self._p.base = ffi.NULL
+        super()._detach()
+
+
+class CRingWriter(_COps, _core.RingWriter):
+    """RingWriter over the C path."""
+
+    def __init__(self, ring, *args) -> None:
+        super().__init__(ring, *args)
+        self._setup_c(ring)
+        self._cw = lib.sd_ring_write
+
+    def _source(self, data):
+        if type(data) is bytes:
+            return data, len(data)
+        src = ffi.from_buffer(data)
+        return src, len(src)
+
+    def _op(self, buf, off: int, n: int, flags: int, spin_ns: int) -> int:
+        return self._cw(self._p, buf, off, n, flags, spin_ns)
+
+    def write(self, data) -> int:  # the hot path: see RingWriter.write
+        """Copy as much of *data* as fits; return the count (0 if full). Never blocks."""
+        if type(data) is bytes:
+            r = self._cw(self._p, data, 0, len(data), 0, 0)  # RingCredit!Write
+        else:
+            src = ffi.from_buffer(data)
+            r = self._cw(self._p, src, 0, len(src), 0, 0)
+        if r & 1:
+            return self._finish(r)
+        return r >> 1
+
+
+class CRingReader(_COps, _core.RingReader):
+    """RingReader over the C path."""
+
+    def __init__(self, ring, *args) -> None:
+        super().__init__(ring, *args)
+        self._setup_c(ring)
+        self._cr = lib.sd_ring_read
+
+    def _target(self, buf):
+        # require_writable: cffi would otherwise let C write into a bytes.
+        try:
+            dst = ffi.from_buffer(buf, require_writable=True)
+        except BufferError:
+            raise _not_writable(buf) from None
+        return dst, len(dst)
+
+    def _op(self, buf, off: int, n: int, flags: int, spin_ns: int) -> int:
+        return self._cr(self._p, buf, off, n, flags, spin_ns)
+
+    def read_into(self, buf, *, peek: bool = False) -> int:  # the hot path
+        """Copy up to ``len(buf)`` available bytes into *buf*; never blocks."""
+        try:
+            dst = ffi.from_buffer(buf, require_writable=True)
+        except BufferError:
+            raise _not_writable(buf) from None
+        r = self._cr(self._p, dst, 0, len(dst), 1 if peek else 0, 0)  # RingCredit!Recv
+        if r & 1:
+            return self._finish(r)
+        return r >> 2

@@ -1,0 +1,632 @@
+"""Batched validation of implementation traces against a TLA+ spec, with TLC.
+
+A trace is a list of :class:`Event` values: the first event is the initial
+state, each later one names the spec action that was taken (with its
+parameters) and the values of all the spec's variables after it.  All traces
+of a batch go into one generated module, ``XTrace.tla``, checked by one TLC
+run (``-workers 2``, deadlock checked):
+
+* ``Traces == << <<e1, e2, ...>>, ... >>`` holds every event, one per line
+  (one very long line makes TLC's parser quadratic);
+* ``XInit`` picks a trace ``tid`` and sets the variables to its first logged
+  state, cursor ``l = 1``; the invariant ``XInitOK`` requires that state to
+  satisfy the spec's ``Init``;
+* ``XNext`` takes the real spec action named by the next event, with its
+  parameters, AND requires the variables' next values to equal the logged
+  ones; a completed trace stutters.
+
+So a trace that the spec cannot follow deadlocks, at exactly the step that
+fails.  On a failure a second, one-step TLC run computes what the spec's
+action can reach from the last good state, and the report shows which
+variables differ from the logged state.
+
+The module also reads TLC's output: :func:`parse_state` turns a state as TLC
+prints it into a dict of Python values (with ``spec.tlavalue.parse``) and
+:func:`read_dot` loads a ``-dump dot,actionlabels`` state graph.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spec.tlavalue import normalize, parse, to_tla
+
+__all__ = [
+    "Event",
+    "TraceFailure",
+    "TraceResult",
+    "canonical",
+    "check_traces",
+    "parse_state",
+    "read_dot",
+    "spec_variables",
+]
+
+
+# --------------------------------------------------------------------------
+# Events and results
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a trace.
+
+    ``action`` is the name of the spec action taken (``"Write"``) and
+    ``params`` its parameters in the spec's order (``("Want", (3,))`` for
+    ``Want(3)``); ``state`` maps every variable of the spec to its value
+    after the step, as Python values that ``spec.tlavalue.to_tla`` renders
+    (tuple -> sequence, dict with str keys -> record, dict with other keys
+    -> function, bool, int, str).  The first event of a trace is its initial
+    state; by convention its action is ``"Init"`` and its params are empty
+    (both are ignored).
+    """
+
+    action: str
+    params: tuple = ()
+    state: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class TraceFailure:
+    """Where and why a trace was rejected.
+
+    ``trace`` and ``step`` are 0-based indices into the list of traces and
+    into that trace's events: ``step`` is the event that could not be
+    followed (0: the initial state).  ``tid`` and ``cursor`` are the same place in
+    the generated module's terms (1-based: the module's ``tid`` and ``l``
+    in the last state reached).  ``reached`` is that last state, ``logged`` the state the
+    trace claims next, ``successors`` every state the spec's action (with
+    the logged parameters) can reach from ``reached``, and ``diff`` maps each
+    variable in which ``logged`` differs from the closest successor to the
+    pair (logged, spec) in canonical TLA+ text.  Without a successor, the
+    action is not enabled in ``reached`` and ``diff`` is empty.
+    """
+
+    trace: int
+    step: int
+    tid: int
+    cursor: int
+    reason: str
+    action: str
+    params: tuple
+    logged: dict[str, object]
+    reached: dict[str, object] | None = None
+    successors: list[dict[str, object]] = field(default_factory=list)
+    diff: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        call = self.action
+        if self.params:
+            call += "(" + ", ".join(canonical(p) for p in self.params) + ")"
+        lines = [
+            f"trace {self.trace} (tid {self.tid}) rejected at event {self.step} "
+            f"(l = {self.cursor}): {self.reason}",
+            f"  logged action: {call}",
+        ]
+        if self.reached is not None and self.step > 0:
+            if not self.successors:
+                lines.append("  the spec's action is not enabled in the last reached state")
+            else:
+                lines.append(
+                    f"  the spec's action has {len(self.successors)} successor(s); "
+                    "the closest differs from the logged state in:"
+                )
+                for var, (got, want) in self.diff.items():
+                    lines.append(f"    {var}: logged {got}")
+                    lines.append(f"    {' ' * len(var)}  spec   {want}")
+            lines.append("  last reached state:")
+            lines.extend(f"    {k} = {canonical(v)}" for k, v in self.reached.items())
+        lines.append("  logged state:")
+        lines.extend(f"    {k} = {canonical(v)}" for k, v in self.logged.items())
+        return "\n".join(lines)
+
+
+@dataclass
+class TraceResult:
+    """The outcome of :func:`check_traces`.
+
+    ``ok`` is true when every trace was followed to its end.  ``failure``
+    says where the first rejected trace TLC found went wrong.  ``seconds`` is
+    the wall time of the TLC run, ``distinct_states`` TLC's count (one state
+    per event when all traces are valid).
+    """
+
+    ok: bool
+    traces: int
+    events: int
+    distinct_states: int | None
+    seconds: float
+    failure: TraceFailure | None = None
+    output: str = ""
+
+    def check(self) -> None:
+        """Raise AssertionError with the failure report unless ``ok``."""
+        if not self.ok:
+            raise AssertionError(str(self.failure) if self.failure else self.output[-4000:])
+
+
+# --------------------------------------------------------------------------
+# Reading TLC's values
+
+
+_CONJUNCT = re.compile(r"^/\\ ([A-Za-z_][A-Za-z0-9_]*) = ", re.MULTILINE)
+
+
+def parse_state(text: str) -> dict[str, object]:
+    """Parse a state as TLC prints it: ``/\\ x = 1`` lines, values may span lines."""
+    text = text.strip()
+    starts = list(_CONJUNCT.finditer(text))
+    if not starts:
+        m = re.match(r"([A-Za-z_][A-Za-z0-9_]*) = (.*)\Z", text, re.DOTALL)
+        if m is None:
+            raise ValueError(f"not a TLC state: {text[:80]!r}")
+        return {m.group(1): parse(m.group(2))}
+    state = {}
+    for m, nxt in itertools.pairwise([*starts, None]):
+        end = nxt.start() if nxt is not None else len(text)
+        state[m.group(1)] = parse(text[m.end():end])
+    return state
+
+
+_DOT_NODE = re.compile(r'^(-?\d+) \[label="((?:[^"\\]|\\.)*)"(.*)\];?$')
+_DOT_EDGE = re.compile(r'^(-?\d+) -> (-?\d+)(?: \[label="((?:[^"\\]|\\.)*)"[^\]]*\])?;?$')
+_DOT_ESCAPES = {"n": "\n", "l": "\n", "r": "\n", '"': '"', "\\": "\\"}
+
+
+def _dot_unescape(s: str) -> str:
+    return re.sub(r"\\(.)", lambda m: _DOT_ESCAPES.get(m.group(1), "\\" + m.group(1)), s)
+
+
+def read_dot(
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, dict[str, object]], set[str], list[tuple[str, str, str]]]:
+    """Load TLC's ``-dump dot,actionlabels`` graph.
+
+    Returns ``(states, initial, edges)``: ``states`` maps TLC's node id to the
+    parsed state, ``initial`` holds the ids of initial states (drawn filled),
+    ``edges`` lists ``(source id, action name, target id)``, self-loops
+    (stuttering steps such as ``Done``) included.
+    """
+    states: dict[str, dict[str, object]] = {}
+    initial: set[str] = set()
+    edges: list[tuple[str, str, str]] = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            m = _DOT_EDGE.match(line)
+            if m:
+                edges.append((m.group(1), _dot_unescape(m.group(3) or ""), m.group(2)))
+                continue
+            m = _DOT_NODE.match(line)
+            if m:
+                states[m.group(1)] = parse_state(_dot_unescape(m.group(2)))
+                if "filled" in m.group(3):
+                    initial.add(m.group(1))
+    return states, initial, edges
+
+
+# --------------------------------------------------------------------------
+# Canonical text, for comparing and showing values
+
+
+def canonical(v: object) -> str:
+    """Canonical TLA+ text of a Python value: equal TLA+ values give equal text.
+
+    A function on 1..n is written as a sequence, as TLC prints it, and
+    records, functions and sets are sorted.
+    """
+    return to_tla(normalize(v))
+
+
+def _diff(logged: Mapping[str, object], other: Mapping[str, object]) -> dict[str, tuple[str, str]]:
+    out = {}
+    for var in logged:
+        a = canonical(logged[var])
+        b = canonical(other[var]) if var in other else "(absent)"
+        if a != b:
+            out[var] = (a, b)
+    return out
+
+
+# --------------------------------------------------------------------------
+# Reading the spec
+
+
+def _strip_comments(text: str) -> str:
+    text = re.sub(r"\(\*.*?\*\)", " ", text, flags=re.DOTALL)  # no nesting in our specs
+    return re.sub(r"\\\*[^\n]*", " ", text)
+
+
+def spec_variables(spec_dir: str | os.PathLike[str], module: str) -> list[str]:
+    """The variables a module declares (``VARIABLE``/``VARIABLES``), in order.
+
+    Follows ``EXTENDS`` of modules found in ``spec_dir``.
+    """
+    text = _strip_comments(Path(spec_dir, f"{module}.tla").read_text(encoding="utf-8"))
+    names: list[str] = []
+    ext = re.search(r"^\s*EXTENDS\s+([\w\s,]+?)\s*$", text, re.MULTILINE)
+    if ext:
+        for parent in re.split(r"\s*,\s*", ext.group(1).strip()):
+            if Path(spec_dir, f"{parent}.tla").exists():
+                names += [n for n in spec_variables(spec_dir, parent) if n not in names]
+    keywords = r"CONSTANTS?|VARIABLES?|ASSUME|EXTENDS|LOCAL|INSTANCE|THEOREM|={4,}|-{4,}"
+    for m in re.finditer(rf"\bVARIABLES?\b(.*?)(?=\b(?:{keywords})\b|\w+\s*(?:\(.*?\))?\s*==)",
+                         text, re.DOTALL):
+        for name in re.findall(r"[A-Za-z_]\w*", m.group(1)):
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _defined_operators(spec_dir: Path, module: str) -> set[str]:
+    text = _strip_comments((spec_dir / f"{module}.tla").read_text(encoding="utf-8"))
+    names = set(re.findall(r"^\s*([A-Za-z_]\w*)\s*(?:\([^)]*\))?\s*==", text, re.MULTILINE))
+    ext = re.search(r"^\s*EXTENDS\s+([\w\s,]+?)\s*$", text, re.MULTILINE)
+    if ext:
+        for parent in re.split(r"\s*,\s*", ext.group(1).strip()):
+            if (spec_dir / f"{parent}.tla").exists():
+                names |= _defined_operators(spec_dir, parent)
+    return names
+
+
+# --------------------------------------------------------------------------
+# Generating the trace module
+
+_RESERVED = {"tid", "l", "Traces"}
+
+
+def _formula_for(action_formula, name: str, arity: int) -> str:
+    """The TLA+ action for events named ``name``; ``p`` is the params tuple."""
+    if action_formula is None:
+        if arity == 0:
+            return name
+        return f"{name}(" + ", ".join(f"p[{i}]" for i in range(1, arity + 1)) + ")"
+    if callable(action_formula):
+        text = action_formula(name)
+    else:
+        text = action_formula.get(name)
+    if text is None:
+        raise ValueError(f"no TLA+ formula for action {name!r}")
+    return text
+
+
+def _event_line(e: Event, variables: Sequence[str]) -> str:
+    state = ", ".join(f"{v} |-> {to_tla(e.state[v])}" for v in variables)
+    params = "<<" + ", ".join(to_tla(x) for x in e.params) + ">>"
+    return f"[action |-> {to_tla(e.action)}, params |-> {params}, state |-> [{state}]]"
+
+
+def _write_trace_module(
+    out: Path,
+    module: str,
+    constants: Mapping[str, object],
+    traces: Sequence[Sequence[Event]],
+    variables: Sequence[str],
+    formulas: Mapping[str, str],
+    init: str,
+    invariants: Sequence[str],
+) -> None:
+    lines = [
+        "---------------------------- MODULE XTrace ----------------------------",
+        f"(* Generated by spec.tracecheck: {len(traces)} traces of {module}. *)",
+        f"EXTENDS {module}, Naturals, Sequences, TLC",
+        "",
+        "VARIABLES tid, l",
+        "",
+    ]
+    for name, value in constants.items():
+        lines.append(f"XConst_{name} == {to_tla(value)}")
+    lines += ["", "Traces == <<"]
+    for t, trace in enumerate(traces):
+        lines.append("<<")
+        for i, e in enumerate(trace):
+            lines.append(_event_line(e, variables) + ("," if i + 1 < len(trace) else ""))
+        lines.append(">>" + ("," if t + 1 < len(traces) else ""))
+    lines += [">>", ""]
+    # The action of an event: dispatch on its name; unknown names cannot step.
+    lines.append("XAction(a, p) ==")
+    if formulas:
+        arms = [f'a = {to_tla(n)} -> {f}' for n, f in sorted(formulas.items())]
+        lines.append("    CASE " + "\n      [] ".join(arms) + "\n      [] OTHER -> FALSE")
+    else:
+        lines.append("    FALSE")
+    assign_init = "\n".join(f"    /\\ {v} = Traces[tid][1].state.{v}" for v in variables)
+    assign_next = "\n".join(f"         /\\ {v}' = e.state.{v}" for v in variables)
+    all_vars = ", ".join([*variables, "tid", "l"])
+    lines += [
+        "",
+        "XInit ==",
+        "    /\\ tid \\in 1..Len(Traces)",
+        "    /\\ l = 1",
+        assign_init,
+        "",
+        "\\* The first logged state must be an initial state of the spec.",
+        f"XInitOK == l = 1 => {init}",
+        "",
+        "\\* Follow the trace: the spec's action AND the logged next state.",
+        "XStep ==",
+        "    /\\ l < Len(Traces[tid])",
+        "    /\\ LET e == Traces[tid][l + 1] IN",
+        "         /\\ XAction(e.action, e.params)",
+        assign_next,
+        "    /\\ l' = l + 1",
+        "    /\\ tid' = tid",
+        "",
+        "\\* A completed trace stutters, so only a trace that cannot go on deadlocks.",
+        "XEnd ==",
+        "    /\\ l = Len(Traces[tid])",
+        f"    /\\ UNCHANGED <<{all_vars}>>",
+        "",
+        "XNext == XStep \\/ XEnd",
+        "=" * 72,
+        "",
+    ]
+    (out / "XTrace.tla").write_text("\n".join(lines), encoding="utf-8")
+    cfg = ["CONSTANTS"]
+    cfg += [f"    {name} <- XConst_{name}" for name in constants]
+    cfg += ["INIT XInit", "NEXT XNext", "INVARIANTS XInitOK " + " ".join(invariants), ""]
+    (out / "XTrace.cfg").write_text("\n".join(cfg), encoding="utf-8")
+
+
+def _write_step_module(
+    out: Path,
+    module: str,
+    constants: Mapping[str, object],
+    variables: Sequence[str],
+    start: Mapping[str, object],
+    formula: str,
+    params: tuple,
+) -> None:
+    """A module whose behaviours are one step of ``formula`` from ``start``."""
+    lines = [
+        "---------------------------- MODULE XStep ----------------------------",
+        f"EXTENDS {module}, Naturals, Sequences, TLC",
+        "VARIABLE xstepped",
+    ]
+    lines += [f"XConst_{name} == {to_tla(value)}" for name, value in constants.items()]
+    lines += ["XInit ==", "    /\\ xstepped = FALSE"]
+    lines += [f"    /\\ {v} = {to_tla(start[v])}" for v in variables]
+    lines += [
+        "XNext ==",
+        "    /\\ ~xstepped",
+        "    /\\ xstepped' = TRUE",
+        f"    /\\ LET p == <<{', '.join(to_tla(x) for x in params)}>> IN {formula}",
+    ]
+    lines += ["=" * 72, ""]
+    (out / "XStep.tla").write_text("\n".join(lines), encoding="utf-8")
+    cfg = ["CONSTANTS"]
+    cfg += [f"    {name} <- XConst_{name}" for name in constants]
+    cfg += ["INIT XInit", "NEXT XNext", ""]
+    (out / "XStep.cfg").write_text("\n".join(cfg), encoding="utf-8")
+
+
+def _link_spec(spec_dir: Path, out: Path) -> None:
+    """Make the spec's modules visible next to the generated one (TLC looks there)."""
+    if out.resolve() == spec_dir:
+        raise ValueError("keep_dir must not be the spec's own directory")
+    for src in spec_dir.glob("*.tla"):
+        if src.stem in ("XTrace", "XStep"):
+            continue  # ours, left by an earlier run that kept its files there
+        dst = out / src.name
+        if dst.is_symlink() or dst.exists():
+            dst.unlink()  # a link or copy from an earlier run in keep_dir
+        try:
+            os.symlink(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+
+
+# --------------------------------------------------------------------------
+# Running TLC and explaining a rejection
+
+
+def _validate(traces: Sequence[Sequence[Event]], variables: Sequence[str]) -> None:
+    want = set(variables)
+    for t, trace in enumerate(traces):
+        if not trace:
+            raise ValueError(f"trace {t} is empty; a trace needs at least its initial state")
+        for i, e in enumerate(trace):
+            if not isinstance(e, Event):
+                raise ValueError(f"trace {t} event {i} is {type(e).__name__}, not Event")
+            keys = set(e.state)
+            if keys != want:
+                missing = ", ".join(sorted(want - keys)) or "-"
+                extra = ", ".join(sorted(keys - want)) or "-"
+                raise ValueError(
+                    f"trace {t} event {i}: state must give exactly the spec's variables "
+                    f"(missing: {missing}; unknown: {extra})"
+                )
+            if not isinstance(e.params, tuple):
+                raise ValueError(f"trace {t} event {i}: params must be a tuple")
+
+
+def _successors(
+    work: Path,
+    module: str,
+    constants: Mapping[str, object],
+    variables: Sequence[str],
+    start: Mapping[str, object],
+    formula: str,
+    params: tuple,
+    timeout: float | None,
+) -> tuple[list[dict[str, object]], str | None]:
+    """Every state ``formula`` (with params ``p``) reaches from ``start``, by TLC.
+
+    Returns the states and, if TLC could not compute them, its complaint.
+    """
+    from spec.tlc import run_tlc
+
+    _write_step_module(work, module, constants, variables, start, formula, params)
+    dot = work / "XStep.dot"
+    res = run_tlc(work, "XStep", "XStep.cfg", workers=1, deadlock=False,
+                  dump_dot=dot, timeout=timeout)
+    if not res.ok:
+        return [], "; ".join(str(v) for v in res.violations) or "TLC failed"
+    states, initial, edges = read_dot(dot)
+    out = []
+    for src, _, dst in edges:
+        if src in initial and dst not in initial:
+            out.append({v: states[dst][v] for v in variables})
+    return out, None
+
+
+def _closest_diff(
+    logged: Mapping[str, object], successors: Sequence[Mapping[str, object]]
+) -> dict[str, tuple[str, str]]:
+    """The variables in which ``logged`` differs from the nearest successor."""
+    diffs = [_diff(logged, s) for s in successors]
+    return min(diffs, key=len) if diffs else {}
+
+
+def _explain(
+    work: Path,
+    module: str,
+    constants: Mapping[str, object],
+    traces: Sequence[Sequence[Event]],
+    variables: Sequence[str],
+    formulas: Mapping[str, str],
+    res,
+    timeout: float | None,
+) -> TraceFailure:
+    """Turn TLC's verdict on the trace module into a TraceFailure.
+
+    Raises RuntimeError when TLC failed for a reason that is not a trace
+    being rejected (a parse error, say): that is a bug in the spec or in the
+    inputs, and TLC's own report says more.
+    """
+    v = res.violations[0] if res.violations else None
+    if v is None or not res.counterexample or "tid" not in res.counterexample[-1].variables:
+        raise RuntimeError(f"TLC could not check the traces:\n{res.report()}")
+    last = res.counterexample[-1].variables
+    tid, cursor = last["tid"], last["l"]
+    trace = traces[tid - 1]
+    if v.kind == "invariant" and v.name == "XInitOK":
+        e = trace[0]
+        return TraceFailure(
+            trace=tid - 1, step=0, tid=tid, cursor=cursor,
+            reason="the first logged state is not an initial state of the spec",
+            action=e.action, params=e.params, logged=dict(e.state),
+        )
+    if v.kind == "invariant":
+        e = trace[cursor - 1]
+        return TraceFailure(
+            trace=tid - 1, step=cursor - 1, tid=tid, cursor=cursor,
+            reason=f"the logged state violates the invariant {v.name}",
+            action=e.action, params=e.params, logged=dict(e.state),
+            reached=dict(e.state),
+        )
+    if v.kind not in ("deadlock", "error"):
+        raise RuntimeError(f"TLC could not check the traces:\n{res.report()}")
+    # The trace got to event `cursor` (1-based), i.e. index cursor - 1, and no further.
+    step = cursor
+    e, before = trace[step], trace[step - 1]
+    reason = "the spec cannot take the logged step"
+    if v.kind == "error":
+        reason = f"TLC failed evaluating the logged step: {v.message.strip()}"
+    successors, trouble = _successors(
+        work, module, constants, variables, before.state, formulas[e.action], e.params, timeout
+    )
+    if trouble is not None:
+        reason += f" (and the spec's successors could not be computed: {trouble})"
+    return TraceFailure(
+        trace=tid - 1, step=step, tid=tid, cursor=cursor, reason=reason,
+        action=e.action, params=e.params, logged=dict(e.state), reached=dict(before.state),
+        successors=successors, diff=_closest_diff(e.state, successors),
+    )
+
+
+def check_traces(
+    spec_dir: str | os.PathLike[str],
+    module: str,
+    constants: Mapping[str, object],
+    traces: Sequence[Sequence[Event]],
+    action_formula: Mapping[str, str] | Callable[[str], str | None] | None = None,
+    *,
+    init: str = "Init",
+    invariants: Iterable[str] = (),
+    workers: int = 2,
+    timeout: float | None = 600,
+    keep_dir: str | os.PathLike[str] | None = None,
+) -> TraceResult:
+    """Check that every trace is a behaviour of ``module`` under ``constants``.
+
+    ``constants`` maps each CONSTANT of the spec to its value.
+    ``action_formula`` gives, for an action name, the TLA+ action formula
+    that an event with that name takes, in which ``p`` is the event's params
+    tuple (``{"Want": "Want(p[1])", "Write": "Write"}``); a callable maps a
+    name to the formula (or None if unknown).  By default an event named
+    ``X`` with n params takes the spec's ``X(p[1], ..., p[n])``.  ``init``
+    names the spec's initial predicate; ``invariants`` are state predicates
+    of the spec that every logged state must also satisfy.  The generated
+    files stay in ``keep_dir`` when given (for inspection), else in a
+    temporary directory that is removed.
+
+    TLC stops at the first rejected trace it meets, so ``failure`` reports
+    one trace (the one rejected earliest in TLC's breadth-first search).
+    Returns a :class:`TraceResult`; raises ValueError for malformed traces,
+    RuntimeError when TLC fails for a reason other than a rejected trace and
+    TimeoutError when it runs longer than ``timeout`` seconds.
+    """
+    from spec.tlc import run_tlc
+
+    spec_dir = Path(spec_dir).resolve()
+    traces = [list(t) for t in traces]
+    invariants = list(invariants)
+    variables = spec_variables(spec_dir, module)
+    if not variables:
+        raise ValueError(f"module {module} in {spec_dir} declares no variables")
+    clash = _RESERVED & set(variables)
+    if clash:
+        raise ValueError(f"spec variables clash with the trace module's: {sorted(clash)}")
+    _validate(traces, variables)
+    n_events = sum(len(t) for t in traces)
+    if not traces:
+        return TraceResult(ok=True, traces=0, events=0, distinct_states=0, seconds=0.0)
+    arities: dict[str, int] = {}
+    for t, trace in enumerate(traces):
+        for i, e in enumerate(trace[1:], start=1):
+            if arities.setdefault(e.action, len(e.params)) != len(e.params):
+                raise ValueError(
+                    f"trace {t} event {i}: action {e.action} with {len(e.params)} params, "
+                    f"elsewhere with {arities[e.action]}"
+                )
+    formulas = {a: _formula_for(action_formula, a, n) for a, n in arities.items()}
+    if action_formula is None:
+        unknown = sorted(set(formulas) - _defined_operators(spec_dir, module))
+        if unknown:
+            raise ValueError(f"actions not defined in {module}: {', '.join(unknown)}")
+
+    tmp = None
+    if keep_dir is not None:
+        work = Path(keep_dir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="xtrace-")
+        work = Path(tmp.name)
+    try:
+        _link_spec(spec_dir, work)
+        _write_trace_module(work, module, constants, traces, variables, formulas, init,
+                            invariants)
+        t0 = time.monotonic()
+        res = run_tlc(work, "XTrace", "XTrace.cfg", workers=workers, deadlock=True,
+                      timeout=timeout)
+        result = TraceResult(
+            ok=res.ok, traces=len(traces), events=n_events,
+            distinct_states=res.distinct_states, seconds=time.monotonic() - t0,
+            output=res.output,
+        )
+        if not res.ok:
+            result.failure = _explain(work, module, constants, traces, variables, formulas,
+                                      res, timeout)
+        return result
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

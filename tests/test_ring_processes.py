@@ -1,0 +1,295 @@
+"""The ring between two real processes (fork): no loss under back-pressure, no lost wake-ups.
+
+Each test forks a child that owns one end of the ring and reports through a
+pipe (and its exit status); the parent owns the other end.  Every wait is
+bounded, children are always reaped (killed if they overrun), and the
+parent's descriptor table must be the same after the test as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import select
+import signal
+import traceback
+import zlib
+
+import pytest
+
+import impl.ring as ring_mod
+from impl.ring import Ring
+
+BACKENDS = [
+    "python",
+    pytest.param("c", marks=pytest.mark.skipif(not ring_mod.HAVE_C,
+                                               reason="cffi extension not built")),
+]
+STREAM_BYTES = 256 << 20          # the issue asks for at least 256 MiB per run
+WAIT = 120.0                      # bound on any single wait; only a hang reaches it
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leaks():
+    before = sorted(os.listdir("/proc/self/fd"))
+    yield
+    assert sorted(os.listdir("/proc/self/fd")) == before, "file descriptors leaked"
+
+
+@pytest.fixture
+def restore_affinity():
+    cpus = os.sched_getaffinity(0)
+    yield
+    os.sched_setaffinity(0, cpus)
+
+
+def one_cpu() -> set[int]:
+    return {min(os.sched_getaffinity(0))}
+
+
+class Child:
+    """A forked child running fn(); its return value comes back as JSON through a pipe."""
+
+    def __init__(self, fn) -> None:
+        rfd, wfd = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never return into pytest
+            code = 1
+            try:
+                os.close(rfd)
+                result = {"ok": fn()}
+                code = 0
+            except BaseException:
+                result = {"error": traceback.format_exc()}
+            try:
+                os.write(wfd, json.dumps(result).encode())
+            finally:
+                os._exit(code)
+        os.close(wfd)
+        self._rfd = rfd
+        self._pidfd = os.pidfd_open(self.pid)
+
+    def result(self, timeout: float = WAIT):
+        """Wait (bounded) for the child to exit; return what fn() returned."""
+        try:
+            ready, _, _ = select.select([self._pidfd], [], [], timeout)
+            if not ready:
+                os.kill(self.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.pid, 0)
+            out = b""
+            while chunk := os.read(self._rfd, 1 << 16):
+                out += chunk
+        finally:
+            os.close(self._pidfd)
+            os.close(self._rfd)
+        if not ready:
+            pytest.fail(f"child {self.pid} still running after {timeout} s: killed")
+        report = json.loads(out) if out else {}
+        assert "error" not in report, "child failed:\n" + report["error"]
+        assert os.waitstatus_to_exitcode(status) == 0, report
+        return report["ok"]
+
+    def kill(self) -> None:
+        """Kill and reap the child if the parent's side failed first."""
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            self.result(timeout=WAIT)
+        except BaseException:
+            pass
+
+
+def log_uniform(rng: random.Random, top: int) -> int:
+    """A size from 1 to top, spread evenly over orders of magnitude."""
+    return max(1, min(top, int(2 ** rng.uniform(0, top.bit_length()))))
+
+
+def stream_through(backend: str, total: int, capacity: int, *, pin: bool,
+                   max_chunk: int = 1 << 18, seed: int = 1) -> dict:
+    """Send *total* random bytes parent -> child in random chunks; compare CRC-32s."""
+    source = random.Random(seed).randbytes(4 << 20)
+    src = memoryview(source)
+    with Ring.create(capacity, backend=backend) as ring:
+
+        def receive() -> dict:
+            if pin:
+                os.sched_setaffinity(0, one_cpu())
+            r = ring.reader()       # created after pinning: it then skips the spin
+            rng = random.Random(seed + 1)
+            buf = bytearray(max_chunk)
+            view = memoryview(buf)
+            crc = got = 0
+            while True:
+                n = r.recv_into(view[:log_uniform(rng, max_chunk)], timeout=WAIT)
+                if n == 0:
+                    break
+                crc = zlib.crc32(view[:n], crc)
+                got += n
+            assert r.eof
+            return {"bytes": got, "crc": crc}
+
+        child = Child(receive)
+        try:
+            if pin:
+                os.sched_setaffinity(0, one_cpu())
+            w = ring.writer()
+            rng = random.Random(seed)
+            crc = sent = 0
+            while sent < total:
+                n = min(log_uniform(rng, max_chunk), total - sent)
+                off = rng.randrange(len(source) - n + 1)
+                chunk = src[off:off + n]
+                w.send_all(chunk, timeout=WAIT)
+                crc = zlib.crc32(chunk, crc)
+                sent += n
+            w.close()
+        except BaseException:
+            child.kill()
+            raise
+        got = child.result()
+    assert got["bytes"] == sent == total
+    assert got["crc"] == crc, "the stream arrived altered"
+    return got
+
+
+def test_stream_256mib_two_cores(backend):
+    stream_through(backend, STREAM_BYTES, 1 << 20, pin=False)
+
+
+def test_stream_256mib_one_core(backend, restore_affinity):
+    """Both processes on one CPU must still make progress (yield, then sleep)."""
+    stream_through(backend, STREAM_BYTES, 1 << 20, pin=True)
+
+
+def test_stream_small_ring_small_chunks(backend):
+    """A ring smaller than most chunks: every send waits for space many times."""
+    stream_through(backend, 4 << 20, 4093, pin=False, max_chunk=20000, seed=5)
+
+
+def ping_pong(backend: str, rounds: int, *, pin: bool, spin_ns: int, yields: int) -> int:
+    """Echo *rounds* tiny messages; return how often the parent had to sleep."""
+    up = Ring.create(64, backend=backend, spin_ns=spin_ns, yields=yields)
+    down = Ring.create(64, backend=backend, spin_ns=spin_ns, yields=yields)
+    try:
+        def echo() -> int:
+            if pin:
+                os.sched_setaffinity(0, one_cpu())
+            r, w = up.reader(), down.writer()
+            buf = bytearray(16)
+            n_msgs = 0
+            while n := r.recv_into(buf, timeout=WAIT):
+                w.send_all(buf[:n], timeout=WAIT)
+                n_msgs += 1
+            w.close()
+            return n_msgs
+
+        child = Child(echo)
+        try:
+            if pin:
+                os.sched_setaffinity(0, one_cpu())
+            w, r = up.writer(), down.reader()
+            sleeps = _count_sleeps(r)
+            rng = random.Random(11)
+            buf = bytearray(16)
+            for i in range(rounds):
+                msg = rng.randbytes(rng.randint(1, 8))
+                w.send_all(msg, timeout=WAIT)
+                got = b""
+                while len(got) < len(msg):  # a byte stream: it may come in pieces
+                    n = r.recv_into(buf, timeout=WAIT)  # TimeoutError = lost wake-up
+                    assert n > 0, f"EOF in round {i}"
+                    got += buf[:n]
+                assert got == msg, f"round {i}"
+            w.close()
+            assert r.recv_into(buf, timeout=WAIT) == 0     # the echo's EOF
+        except BaseException:
+            child.kill()
+            raise
+        assert child.result() >= 1
+        return sleeps()
+    finally:
+        up.close()
+        down.close()
+
+
+def _count_sleeps(endpoint):
+    """Count the endpoint's blocking waits by wrapping its poll object."""
+    real = endpoint._poller
+    count = [0]
+
+    class Counting:
+        def poll(self, *args):
+            count[0] += 1
+            return real.poll(*args)
+
+    endpoint._poller = Counting()
+    return lambda: count[0]
+
+
+def test_lost_wakeup_stress(backend):
+    """No spin and no yield: every wait publishes its flag and sleeps on the eventfd.
+
+    A lost wake-up leaves one side asleep with the other waiting for it;
+    the bounded recv_into then raises TimeoutError and the test fails.
+    """
+    rounds = 20_000
+    sleeps = ping_pong(backend, rounds, pin=False, spin_ns=0, yields=0)
+    assert sleeps > rounds // 4, "the sleeping path was hardly exercised"
+
+
+def test_lost_wakeup_stress_one_core(backend, restore_affinity):
+    rounds = 10_000
+    sleeps = ping_pong(backend, rounds, pin=True, spin_ns=0, yields=0)
+    assert sleeps > rounds // 4
+
+
+def test_ping_pong_default_budgets_one_core(backend, restore_affinity):
+    """With the default budgets (spin skipped when pinned, then yield) on one CPU."""
+    ping_pong(backend, 5_000, pin=True, spin_ns=None, yields=None)
+
+
+def test_writer_sleeps_on_a_full_ring(backend):
+    """A 7-byte ring and no spin: the writer sleeps for space over and over."""
+    stream_through_sleepy(backend)
+
+
+def stream_through_sleepy(backend: str) -> None:
+    total = 300_000
+    with Ring.create(7, backend=backend, spin_ns=0, yields=0) as ring:
+        def receive() -> dict:
+            r = ring.reader()
+            rng = random.Random(3)
+            buf = bytearray(16)
+            crc = got = 0
+            while n := r.recv_into(memoryview(buf)[:rng.randint(1, 16)], timeout=WAIT):
+                crc = zlib.crc32(buf[:n], crc)
+                got += n
+            return {"bytes": got, "crc": crc}
+
+        child = Child(receive)
+        try:
+            w = ring.writer()
+            sleeps = _count_sleeps(w)
+            data = random.Random(4).randbytes(total)
+            view = memoryview(data)
+            rng = random.Random(5)
+            sent = 0
+            while sent < total:
+                n = min(rng.randint(1, 40), total - sent)
+                w.send_all(view[sent:sent + n], timeout=WAIT)
+                sent += n
+            w.close()
+        except BaseException:
+            child.kill()
+            raise
+        got = child.result()
+    assert got == {"bytes": total, "crc": zlib.crc32(data)}
+    assert sleeps() > 1000, "the writer hardly ever slept: the test tests nothing"
