@@ -123,6 +123,8 @@ class Violation:
 
     def __str__(self) -> str:
         name = f" {self.name}" if self.name else ""
+        if self.kind == "property" and self.name is None:
+            name = " (TLC 2.15 does not say which one; check them one at a time to find it)"
         return f"{self.kind}{name}: {self.message.strip()}"
 
 
@@ -305,7 +307,7 @@ def _options(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     opts = ["-workers", str(workers)]
-    if deadlock:
+    if not deadlock:
         opts.append("-deadlock")  # TLC's -deadlock means: do not check for deadlock
     if coverage:
         opts += ["-coverage", "1"]  # every minute, and once at the end
@@ -362,7 +364,7 @@ def run_tlc(
     module_file = spec_dir / f"{module}.tla"
     if not module_file.is_file():
         raise FileNotFoundError(errno.ENOENT, "no such TLA+ module", str(module_file))
-    cfg = (spec_dir / config).resolve()
+    cfg = Path(os.path.abspath(spec_dir / config))  # not resolve(): keep symlinked configs
     if not cfg.is_file():
         raise FileNotFoundError(errno.ENOENT, "no such TLC config", str(cfg))
     opts = _options(

@@ -3,22 +3,30 @@
 A trace is a list of :class:`Event` values: the first event is the initial
 state, each later one names the spec action that was taken (with its
 parameters) and the values of all the spec's variables after it.  All traces
-of a batch go into one generated module, ``XTrace.tla``, checked by one TLC
-run (``-workers 2``, deadlock checked):
+of a batch go into one generated module, ``XTrace.tla``, that EXTENDS the
+spec and is checked by one TLC run (``-workers 2``, deadlock checked):
 
 * ``Traces == << <<e1, e2, ...>>, ... >>`` holds every event, one per line
-  (one very long line makes TLC's parser quadratic);
+  (one very long line makes TLC's parser quadratic).  An event is a record
+  ``[a |-> action, p |-> params, s |-> ..., q |-> ..., f |-> ...]``; the
+  first holds the whole state in ``s``, later ones only what changed (new
+  values in ``s``, queue-like sequence updates in ``q``, changed entries of
+  functions in ``f``), because the parser's time grows with the text: 1,000
+  traces of 50 steps of RingCredit are 25 MB written out in full (TLC did not
+  finish in 10 minutes) and 6 MB as changes (about 40 s).  ``XNew`` rebuilds
+  each next value, so every variable is still compared.
 * ``XInit`` picks a trace ``tid`` and sets the variables to its first logged
   state, cursor ``l = 1``; the invariant ``XInitOK`` requires that state to
-  satisfy the spec's ``Init``;
+  satisfy the spec's ``Init``.
 * ``XNext`` takes the real spec action named by the next event, with its
   parameters, AND requires the variables' next values to equal the logged
   ones; a completed trace stutters.
 
 So a trace that the spec cannot follow deadlocks, at exactly the step that
-fails.  On a failure a second, one-step TLC run computes what the spec's
-action can reach from the last good state, and the report shows which
-variables differ from the logged state.
+fails.  On a failure, two one-step TLC runs from the last good state compute
+what the logged action can reach there (the report shows which variables
+differ from the logged state) and which of the spec's actions would have
+produced the logged state.
 
 The module also reads TLC's output: :func:`parse_state` turns a state as TLC
 prints it into a dict of Python values (with ``spec.tlavalue.parse``) and
@@ -38,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spec.tlavalue import normalize, parse, to_tla
+from spec.tlc import TLCResult, run_tlc
 
 __all__ = [
     "Event",
@@ -80,14 +89,16 @@ class TraceFailure:
 
     ``trace`` and ``step`` are 0-based indices into the list of traces and
     into that trace's events: ``step`` is the event that could not be
-    followed (0: the initial state).  ``tid`` and ``cursor`` are the same place in
-    the generated module's terms (1-based: the module's ``tid`` and ``l``
-    in the last state reached).  ``reached`` is that last state, ``logged`` the state the
-    trace claims next, ``successors`` every state the spec's action (with
-    the logged parameters) can reach from ``reached``, and ``diff`` maps each
-    variable in which ``logged`` differs from the closest successor to the
-    pair (logged, spec) in canonical TLA+ text.  Without a successor, the
-    action is not enabled in ``reached`` and ``diff`` is empty.
+    followed (0: the initial state).  ``tid`` and ``cursor`` are the same
+    place in the generated module's terms (its variables ``tid`` and ``l``,
+    1-based, in the last state reached).  ``reached`` is that last state,
+    ``logged`` the state the trace claims next, ``successors`` every state the
+    spec's action (with the logged parameters) reaches from ``reached``, and
+    ``diff`` maps each variable in which ``logged`` differs from the closest
+    successor to the pair (logged, spec) in canonical TLA+ text; no successor
+    means the action is not enabled in ``reached``.  ``explained_by`` names
+    the spec actions that do lead from ``reached`` to ``logged`` (a wrong
+    action label shows up here).
     """
 
     trace: int
@@ -101,6 +112,7 @@ class TraceFailure:
     reached: dict[str, object] | None = None
     successors: list[dict[str, object]] = field(default_factory=list)
     diff: dict[str, tuple[str, str]] = field(default_factory=dict)
+    explained_by: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         call = self.action
@@ -111,21 +123,27 @@ class TraceFailure:
             f"(l = {self.cursor}): {self.reason}",
             f"  logged action: {call}",
         ]
-        if self.reached is not None and self.step > 0:
-            if not self.successors:
-                lines.append("  the spec's action is not enabled in the last reached state")
-            else:
-                lines.append(
-                    f"  the spec's action has {len(self.successors)} successor(s); "
-                    "the closest differs from the logged state in:"
-                )
-                for var, (got, want) in self.diff.items():
-                    lines.append(f"    {var}: logged {got}")
-                    lines.append(f"    {' ' * len(var)}  spec   {want}")
-            lines.append("  last reached state:")
-            lines.extend(f"    {k} = {canonical(v)}" for k, v in self.reached.items())
-        lines.append("  logged state:")
-        lines.extend(f"    {k} = {canonical(v)}" for k, v in self.logged.items())
+        if self.reached is None or self.step == 0:
+            lines.append("  logged state:")
+            lines.extend(f"    {k} = {canonical(v)}" for k, v in self.logged.items())
+            return "\n".join(lines)
+        if not self.successors:
+            lines.append(f"  {call} is not enabled in the last reached state")
+        else:
+            lines.append(
+                f"  {call} has {len(self.successors)} successor(s); the closest differs "
+                "from the logged state in:"
+            )
+            for var, (logged, spec) in self.diff.items():
+                lines.append(f"    {var}: logged {logged}")
+                lines.append(f"    {' ' * len(var)}  spec   {spec}")
+        if self.explained_by:
+            lines.append(f"  the logged state follows by: {', '.join(self.explained_by)}")
+        changes = _diff(self.logged, self.reached)
+        lines.append("  the logged step changes:" if changes else "  the logged step is a stutter")
+        lines.extend(f"    {var}: {old} -> {new}" for var, (new, old) in changes.items())
+        lines.append("  last reached state:")
+        lines.extend(f"    {k} = {canonical(v)}" for k, v in self.reached.items())
         return "\n".join(lines)
 
 
@@ -298,10 +316,73 @@ def _formula_for(action_formula, name: str, arity: int) -> str:
     return text
 
 
-def _event_line(e: Event, variables: Sequence[str]) -> str:
-    state = ", ".join(f"{v} |-> {to_tla(e.state[v])}" for v in variables)
+def _norm(v: object) -> object:
+    """tlavalue.normalize, with a fast path for the common flat sequences."""
+    if type(v) is tuple and all(type(x) is int for x in v):
+        return v
+    return normalize(v)
+
+
+def _same(a: object, b: object) -> bool:
+    """Equal as TLA+ values.  Python's True == 1 is not TLA+'s; repr tells them
+    apart (a dict's repr depends on its order, which only costs compactness)."""
+    return a == b and repr(a) == repr(b)
+
+
+def _seq_delta(old: tuple, new: tuple) -> tuple[int, tuple]:
+    """``(k, t)`` with ``new == old[k:] + t`` and ``k`` smallest: a queue step."""
+    for k in range(len(old) + 1):
+        n = len(old) - k
+        if _same(new[:n], old[k:]):
+            return k, new[n:]
+    raise AssertionError("unreachable: k = len(old) always matches")
+
+
+def _event_line(e: Event, prev: Mapping[str, object] | None, variables: Sequence[str]) -> str:
+    """One event as a TLA+ record, relative to the previous logged state.
+
+    The record holds only what changed, so that the module stays small
+    (TLC's parser is slow on big ones): ``s`` new values, ``q`` sequences
+    that dropped ``k`` items at the front and gained ``t`` at the end, ``f``
+    functions (and records) with the entries that changed.  ``XNew`` in the
+    module rebuilds the full next state from it.
+    """
+    full: list[str] = []
+    queue: list[str] = []
+    fn: list[str] = []
+    for v in variables:
+        new = e.state[v]
+        if prev is None:
+            full.append(f"{v} |-> {to_tla(new)}")
+            continue
+        old = prev[v]
+        if _same(old, new):
+            continue
+        if type(old) is tuple and type(new) is tuple and old:
+            k, t = _seq_delta(old, new)
+            if k < len(old):
+                queue.append(f"{v} |-> [k |-> {k}, t |-> {to_tla(t)}]")
+                continue
+        if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+            changed = {key: x for key, x in new.items() if not _same(old[key], x)}
+            if changed and len(changed) < len(new):
+                fn.append(f"{v} |-> {_fn_tla(changed)}")
+                continue
+        full.append(f"{v} |-> {to_tla(new)}")
     params = "<<" + ", ".join(to_tla(x) for x in e.params) + ">>"
-    return f"[action |-> {to_tla(e.action)}, params |-> {params}, state |-> [{state}]]"
+
+    def rec(fields: list[str]) -> str:
+        return "[" + ", ".join(fields) + "]" if fields else "<<>>"
+
+    return (f"[a |-> {to_tla(e.action)}, p |-> {params}, "
+            f"s |-> {rec(full)}, q |-> {rec(queue)}, f |-> {rec(fn)}]")
+
+
+def _fn_tla(entries: Mapping[object, object]) -> str:
+    """A partial function (or record) as TLA+: the changed entries only."""
+    if all(isinstance(k, str) for k in entries):
+        return to_tla(dict(entries))
+    return "(" + " @@ ".join(f"{to_tla(k)} :> {to_tla(x)}" for k, x in entries.items()) + ")"
 
 
 def _write_trace_module(
@@ -327,8 +408,12 @@ def _write_trace_module(
     lines += ["", "Traces == <<"]
     for t, trace in enumerate(traces):
         lines.append("<<")
+        prev = None
         for i, e in enumerate(trace):
-            lines.append(_event_line(e, variables) + ("," if i + 1 < len(trace) else ""))
+            state = {v: _norm(e.state[v]) for v in variables}
+            lines.append(_event_line(Event(e.action, e.params, state), prev, variables)
+                         + ("," if i + 1 < len(trace) else ""))
+            prev = state
         lines.append(">>" + ("," if t + 1 < len(traces) else ""))
     lines += [">>", ""]
     # The action of an event: dispatch on its name; unknown names cannot step.
@@ -338,8 +423,8 @@ def _write_trace_module(
         lines.append("    CASE " + "\n      [] ".join(arms) + "\n      [] OTHER -> FALSE")
     else:
         lines.append("    FALSE")
-    assign_init = "\n".join(f"    /\\ {v} = Traces[tid][1].state.{v}" for v in variables)
-    assign_next = "\n".join(f"         /\\ {v}' = e.state.{v}" for v in variables)
+    assign_init = "\n".join(f"    /\\ {v} = Traces[tid][1].s.{v}" for v in variables)
+    assign_next = "\n".join(f'         /\\ {v}\' = XNew(e, "{v}", {v})' for v in variables)
     all_vars = ", ".join([*variables, "tid", "l"])
     lines += [
         "",
@@ -351,11 +436,20 @@ def _write_trace_module(
         "\\* The first logged state must be an initial state of the spec.",
         f"XInitOK == l = 1 => {init}",
         "",
+        "\\* The value of variable `name` after event e, from its value `old` before",
+        "\\* (events hold only what changed: see spec/tracecheck.py).",
+        "XNew(e, name, old) ==",
+        "    IF name \\in DOMAIN e.s THEN e.s[name]",
+        "    ELSE IF name \\in DOMAIN e.q",
+        "         THEN SubSeq(old, e.q[name].k + 1, Len(old)) \\o e.q[name].t",
+        "    ELSE IF name \\in DOMAIN e.f THEN e.f[name] @@ old",
+        "    ELSE old",
+        "",
         "\\* Follow the trace: the spec's action AND the logged next state.",
         "XStep ==",
         "    /\\ l < Len(Traces[tid])",
         "    /\\ LET e == Traces[tid][l + 1] IN",
-        "         /\\ XAction(e.action, e.params)",
+        "         /\\ XAction(e.a, e.p)",
         assign_next,
         "    /\\ l' = l + 1",
         "    /\\ tid' = tid",
@@ -378,34 +472,29 @@ def _write_trace_module(
 
 def _write_step_module(
     out: Path,
+    name: str,
     module: str,
     constants: Mapping[str, object],
     variables: Sequence[str],
     start: Mapping[str, object],
-    formula: str,
-    params: tuple,
+    next_formula: str,
 ) -> None:
-    """A module whose behaviours are one step of ``formula`` from ``start``."""
+    """Module ``name`` whose behaviours are one step of ``next_formula`` from ``start``.
+
+    The state constraint stops TLC after one step (the initial state is at
+    level 0), so its state graph is ``start`` and its successors.
+    """
     lines = [
-        "---------------------------- MODULE XStep ----------------------------",
+        f"---------------------------- MODULE {name} ----------------------------",
         f"EXTENDS {module}, Naturals, Sequences, TLC",
-        "VARIABLE xstepped",
     ]
-    lines += [f"XConst_{name} == {to_tla(value)}" for name, value in constants.items()]
-    lines += ["XInit ==", "    /\\ xstepped = FALSE"]
-    lines += [f"    /\\ {v} = {to_tla(start[v])}" for v in variables]
-    lines += [
-        "XNext ==",
-        "    /\\ ~xstepped",
-        "    /\\ xstepped' = TRUE",
-        f"    /\\ LET p == <<{', '.join(to_tla(x) for x in params)}>> IN {formula}",
-    ]
-    lines += ["=" * 72, ""]
-    (out / "XStep.tla").write_text("\n".join(lines), encoding="utf-8")
-    cfg = ["CONSTANTS"]
-    cfg += [f"    {name} <- XConst_{name}" for name in constants]
-    cfg += ["INIT XInit", "NEXT XNext", ""]
-    (out / "XStep.cfg").write_text("\n".join(cfg), encoding="utf-8")
+    lines += [f"XConst_{c} == {to_tla(value)}" for c, value in constants.items()]
+    lines += ["XInit ==", *(f"    /\\ {v} = {to_tla(start[v])}" for v in variables)]
+    lines += [f"XNext == {next_formula}", 'XOneStep == TLCGet("level") < 2', "=" * 72, ""]
+    (out / f"{name}.tla").write_text("\n".join(lines), encoding="utf-8")
+    cfg = ["CONSTANTS", *(f"    {c} <- XConst_{c}" for c in constants)]
+    cfg += ["INIT XInit", "NEXT XNext", "CONSTRAINT XOneStep", ""]
+    (out / f"{name}.cfg").write_text("\n".join(cfg), encoding="utf-8")
 
 
 def _link_spec(spec_dir: Path, out: Path) -> None:
@@ -450,32 +539,27 @@ def _validate(traces: Sequence[Sequence[Event]], variables: Sequence[str]) -> No
 
 def _successors(
     work: Path,
+    name: str,
     module: str,
     constants: Mapping[str, object],
     variables: Sequence[str],
     start: Mapping[str, object],
-    formula: str,
-    params: tuple,
+    next_formula: str,
     timeout: float | None,
-) -> tuple[list[dict[str, object]], str | None]:
-    """Every state ``formula`` (with params ``p``) reaches from ``start``, by TLC.
+) -> tuple[list[tuple[str, dict[str, object]]], str | None]:
+    """Every ``(action name, state)`` that ``next_formula`` reaches from ``start``.
 
-    Returns the states and, if TLC could not compute them, its complaint.
+    Computed by TLC (so by the spec itself, not by a Python model).  Returns
+    the successors and, if TLC could not compute them, its complaint.
     """
-    from spec.tlc import run_tlc
-
-    _write_step_module(work, module, constants, variables, start, formula, params)
-    dot = work / "XStep.dot"
-    res = run_tlc(work, "XStep", "XStep.cfg", workers=1, deadlock=False,
+    _write_step_module(work, name, module, constants, variables, start, next_formula)
+    dot = work / f"{name}.dot"
+    res = run_tlc(work, name, f"{name}.cfg", workers=1, deadlock=False,
                   dump_dot=dot, timeout=timeout)
     if not res.ok:
         return [], "; ".join(str(v) for v in res.violations) or "TLC failed"
     states, initial, edges = read_dot(dot)
-    out = []
-    for src, _, dst in edges:
-        if src in initial and dst not in initial:
-            out.append({v: states[dst][v] for v in variables})
-    return out, None
+    return [(label, states[dst]) for src, label, dst in edges if src in initial], None
 
 
 def _closest_diff(
@@ -493,7 +577,8 @@ def _explain(
     traces: Sequence[Sequence[Event]],
     variables: Sequence[str],
     formulas: Mapping[str, str],
-    res,
+    res: TLCResult,
+    next_name: str | None,
     timeout: float | None,
 ) -> TraceFailure:
     """Turn TLC's verdict on the trace module into a TraceFailure.
@@ -531,15 +616,23 @@ def _explain(
     reason = "the spec cannot take the logged step"
     if v.kind == "error":
         reason = f"TLC failed evaluating the logged step: {v.message.strip()}"
-    successors, trouble = _successors(
-        work, module, constants, variables, before.state, formulas[e.action], e.params, timeout
-    )
+    logged_call = f"LET p == {to_tla(tuple(e.params))} IN {formulas[e.action]}"
+    found, trouble = _successors(work, "XStep", module, constants, variables, before.state,
+                                 logged_call, timeout)
+    successors = [st for _, st in found]
     if trouble is not None:
         reason += f" (and the spec's successors could not be computed: {trouble})"
+    explained_by: list[str] = []
+    if next_name is not None:
+        # Which of the spec's actions would have produced the logged state?
+        found, _ = _successors(work, "XAny", module, constants, variables, before.state,
+                               next_name, timeout)
+        explained_by = sorted({label for label, st in found if not _diff(e.state, st)})
     return TraceFailure(
         trace=tid - 1, step=step, tid=tid, cursor=cursor, reason=reason,
         action=e.action, params=e.params, logged=dict(e.state), reached=dict(before.state),
         successors=successors, diff=_closest_diff(e.state, successors),
+        explained_by=explained_by,
     )
 
 
@@ -551,6 +644,7 @@ def check_traces(
     action_formula: Mapping[str, str] | Callable[[str], str | None] | None = None,
     *,
     init: str = "Init",
+    next: str | None = "Next",
     invariants: Iterable[str] = (),
     workers: int = 2,
     timeout: float | None = 600,
@@ -564,7 +658,8 @@ def check_traces(
     tuple (``{"Want": "Want(p[1])", "Write": "Write"}``); a callable maps a
     name to the formula (or None if unknown).  By default an event named
     ``X`` with n params takes the spec's ``X(p[1], ..., p[n])``.  ``init``
-    names the spec's initial predicate; ``invariants`` are state predicates
+    names the spec's initial predicate and ``next`` its next-state relation
+    (used only to explain a rejection; None to skip); ``invariants`` are state predicates
     of the spec that every logged state must also satisfy.  The generated
     files stay in ``keep_dir`` when given (for inspection), else in a
     temporary directory that is removed.
@@ -575,8 +670,6 @@ def check_traces(
     RuntimeError when TLC fails for a reason other than a rejected trace and
     TimeoutError when it runs longer than ``timeout`` seconds.
     """
-    from spec.tlc import run_tlc
-
     spec_dir = Path(spec_dir).resolve()
     traces = [list(t) for t in traces]
     invariants = list(invariants)
@@ -625,7 +718,7 @@ def check_traces(
         )
         if not res.ok:
             result.failure = _explain(work, module, constants, traces, variables, formulas,
-                                      res, timeout)
+                                      res, next, timeout)
         return result
     finally:
         if tmp is not None:

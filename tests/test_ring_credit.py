@@ -10,6 +10,7 @@ breaks the credit deadlock, wrap-around writes, batching, bad input.
 
 from __future__ import annotations
 
+import errno
 import random
 import socket
 import struct
@@ -473,23 +474,26 @@ def _receiver_at(rtail_bytes: int, capacity: int = 8):
 
 
 @pytest.mark.parametrize("imm,fault", [
-    (5, "did not advance"),
-    (3, "backwards"),
-    (5 + 9, "beyond head"),
-    (IMM_REQUEST | 4, "credit request names tail"),
+    (5, "tail did not advance"),
+    (3, "tail went backwards"),
+    (5 + 9, r"tail beyond head \+ capacity"),
+    (IMM_REQUEST | 4, "credit request names another tail"),
 ])
 def test_inconsistent_data_imm_is_corrupt(imm, fault):
     tx, rx = _receiver_at(5)
     tx.channel.write(0, b"", imm)
-    with pytest.raises(RingCorrupt, match=fault):
+    before = (rx.head, rx.rtail, rx.creq)
+    with pytest.raises(RingCorrupt, match=fault) as info:
         rx.deliver()
+    assert info.value.errno == errno.EBADMSG
+    assert (rx.head, rx.rtail, rx.creq) == before
 
 
 @pytest.mark.parametrize("head,imm,fault", [
-    (6, 6, "beyond tail"),
-    (0, 0, "did not advance"),
-    (2, 2 | IMM_REQUEST, "request bit"),
-    (1, 2, "behind its completion"),
+    (6, 6, "credit beyond tail"),
+    (0, 0, "credit did not advance"),
+    (2, 2 | IMM_REQUEST, "credit with request bit"),
+    (1, 2, "credit word behind its imm"),
 ])
 def test_inconsistent_credit_is_corrupt(head, imm, fault):
     tx, _rx = _receiver_at(5)
@@ -504,7 +508,7 @@ def test_credit_going_backwards_is_corrupt():
     rx.return_credit()
     assert tx.get_credit() and tx.shead == 4
     tx.credit_target.write(0, CREDIT_WORD.pack(4), 2)
-    with pytest.raises(RingCorrupt, match="backwards"):
+    with pytest.raises(RingCorrupt, match="credit went backwards"):
         tx.get_credit()
 
 
@@ -534,8 +538,9 @@ def socket_target():
 def test_malformed_frame_is_rejected_before_writing(socket_target, raw, fault):
     peer, chan = socket_target
     peer.sendall(raw)
-    with pytest.raises(FrameError, match=fault):
+    with pytest.raises(FrameError, match=fault) as info:
         chan.deliver_one()
+    assert isinstance(info.value, RingCorrupt) and info.value.errno == errno.EBADMSG
     assert bytes(chan.region) == bytes(16)
     assert chan.poll_completion() is None
 
@@ -589,3 +594,15 @@ def test_frame_header_layout():
     # Length-prefixed: u32 length, u64 offset, u8 flags, u32 imm, little-endian.
     assert FRAME_HEADER.size == 17
     assert FRAME_HEADER.pack(1, 2, 3, 4) == struct.pack("<IQBI", 1, 2, 3, 4)
+
+
+def test_peer_closing_with_our_frames_unread_is_end_of_stream(socket_target):
+    # A sender that closes before taking its last credits makes the kernel
+    # report ECONNRESET; its frames sent before closing still land first.
+    peer, chan = socket_target
+    chan.write(0, b"credit", 1)
+    peer.sendall(_frame(2, 0, FLAG_IMM, 3, b"ok"))
+    peer.close()
+    assert chan.deliver_one() and chan.poll_completion() == 3
+    assert not chan.deliver_one()
+    assert chan.eof and chan.reset_by_peer

@@ -13,6 +13,10 @@ import os
 import random
 import select
 import signal
+import socket
+import subprocess
+import sys
+import time
 import traceback
 import zlib
 
@@ -174,6 +178,50 @@ def test_stream_small_ring_small_chunks(backend):
     stream_through(backend, 4 << 20, 4093, pin=False, max_chunk=20000, seed=5)
 
 
+ATTACH_CHILD = """
+import os, socket, sys, zlib
+from impl.ring import Ring, RingFds
+sock = socket.socket(fileno=int(sys.argv[1]))
+_, fds, _, _ = socket.recv_fds(sock, 16, 3)
+with Ring.attach(RingFds(*fds), backend=sys.argv[2]) as ring:
+    for fd in fds:
+        os.close(fd)                     # attach made its own duplicates
+    r = ring.reader()
+    buf = bytearray(5000)
+    crc = got = 0
+    while n := r.recv_into(buf, timeout=float(sys.argv[3])):
+        crc = zlib.crc32(buf[:n], crc)
+        got += n
+print(got, crc)
+"""
+
+
+def test_attach_in_a_process_that_got_the_fds_over_scm_rights(backend):
+    """An unrelated process (no fork: it inherits nothing) receives the three
+    descriptors over a Unix socket, attaches, and reads the stream to EOF."""
+    data = random.Random(8).randbytes(3 << 20)
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with Ring.create(10007, backend=backend) as ring, parent_sock:
+        with child_sock:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", ATTACH_CHILD, str(child_sock.fileno()), backend,
+                 str(WAIT)],
+                pass_fds=[child_sock.fileno()], stdout=subprocess.PIPE, text=True,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            socket.send_fds(parent_sock, [b"ring"], list(ring.fds()))
+            w = ring.writer()
+            w.send_all(data, timeout=WAIT)
+            w.close()
+            out, _ = proc.communicate(timeout=WAIT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0
+        assert out.split() == [str(len(data)), str(zlib.crc32(data))]
+
+
 def ping_pong(backend: str, rounds: int, *, pin: bool, spin_ns: int, yields: int) -> int:
     """Echo *rounds* tiny messages; return how often the parent had to sleep."""
     up = Ring.create(64, backend=backend, spin_ns=spin_ns, yields=yields)
@@ -249,6 +297,48 @@ def test_lost_wakeup_stress_one_core(backend, restore_affinity):
     rounds = 10_000
     sleeps = ping_pong(backend, rounds, pin=True, spin_ns=0, yields=0)
     assert sleeps > rounds // 4
+
+
+def test_lost_wakeup_stress_racing_writes(backend):
+    """Writes timed to land while the reader is on its way to sleep.
+
+    The writer waits (busy, bounded) until the reader has consumed each
+    byte, pauses a random few hundred nanoseconds, and writes the next:
+    many writes then fall between the reader finding the ring empty and it
+    blocking, the window a broken handshake loses.  A lost wake-up leaves
+    the byte unread, and the bounded wait fails.
+    """
+    rounds = 30_000
+    with Ring.create(16, backend=backend, spin_ns=0, yields=0) as ring:
+        def receive() -> int:
+            r = ring.reader()
+            buf = bytearray(16)
+            expect = 0
+            while n := r.recv_into(buf, timeout=WAIT):
+                for b in buf[:n]:
+                    assert b == expect & 0xFF, f"byte {expect} is {b}"
+                    expect += 1
+            return expect
+
+        child = Child(receive)
+        try:
+            w = ring.writer()
+            rng = random.Random(9)
+            pauses = [rng.randrange(40) for _ in range(rounds)]
+            for i in range(rounds):
+                for _ in range(pauses[i]):
+                    pass
+                assert w.write(bytes([i & 0xFF])) == 1
+                deadline = time.monotonic() + WAIT
+                while w.free != 16:
+                    if time.monotonic() > deadline:
+                        pytest.fail(f"byte {i} never read: the reader slept through it")
+                    os.sched_yield()  # should the reader share our core
+            w.close()
+        except BaseException:
+            child.kill()
+            raise
+        assert child.result() == rounds
 
 
 def test_ping_pong_default_budgets_one_core(backend, restore_affinity):

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import impl.ring as ring_mod
-from impl.ring import Ring, RingSnapshot, layout
+from impl.ring import Ring, RingSnapshot, _core, layout
 
 BACKENDS = [
     "python",
@@ -356,6 +356,88 @@ def test_blocked_writer_is_woken(backend):
         t.join(30)
         assert not t.is_alive() and errors == []
         assert bytes(got) == stream(0, 12)
+
+
+# The handshake's race windows are nanoseconds wide, too narrow for a stress
+# test to hit reliably.  On the Python path they can be entered on purpose:
+# the peer's operation is injected between the steps of a waiting _op.
+
+def test_python_reader_rechecks_after_publishing_its_flag():
+    """Data written after the reader found the ring empty but before it
+    published its flag: the writer does not signal, so the reader must see
+    the data in its re-check instead of sleeping."""
+    with Ring.create(8, backend="python", spin_ns=0, yields=0) as ring:
+        w, r = ring.writer(), ring.reader()
+        real_try, raced = r._try, []
+
+        def try_then_race(q, buf, off, n, flags):
+            res = real_try(q, buf, off, n, flags)
+            if not raced:
+                raced.append(w.write(b"x"))  # the writer, right after the empty check
+            return res
+
+        r._try = try_then_race
+        buf = bytearray(4)
+        res = r._op(memoryview(buf), 0, 4, _core.ARM, 0)
+        assert raced == [1]
+        assert res >> 2 == 1 and buf[:1] == b"x"
+        assert efd_count(ring.fds().data_efd) == 0      # no flag was up: no signal
+        assert header(ring, "reader_sleeping") == 0
+
+
+def test_python_writer_sees_a_flag_published_before_its_fence():
+    """The writer writes right after the reader published its flag: it must
+    see the flag and signal (and the reader's re-check finds the data too)."""
+    with Ring.create(8, backend="python", spin_ns=0, yields=0) as ring:
+        w, r = ring.writer(), ring.reader()
+        real_fence, raced = r._fence, []
+
+        def race_then_fence():
+            if not raced:
+                raced.append(w.write(b"y"))  # the writer, between flag store and fence
+            real_fence()
+
+        r._fence = race_then_fence
+        buf = bytearray(4)
+        res = r._op(memoryview(buf), 0, 4, _core.ARM, 0)
+        assert raced == [1] and res >> 2 == 1 and buf[:1] == b"y"
+        assert efd_count(ring.fds().data_efd) == 1      # the flag was up: signalled
+        assert header(ring, "reader_sleeping") == 0
+
+
+def test_python_writer_rechecks_after_publishing_its_flag():
+    with Ring.create(3, backend="python", spin_ns=0, yields=0) as ring:
+        w, r = ring.writer(), ring.reader()
+        w.write(b"abc")
+        real_try, raced = w._try, []
+
+        def try_then_race(q, src, off, n, flags):
+            res = real_try(q, src, off, n, flags)
+            if not raced:
+                raced.append(r.read(2))      # the reader frees space right then
+            return res
+
+        w._try = try_then_race
+        res = w._op(memoryview(b"de"), 0, 2, _core.ARM, 0)
+        assert raced == [b"ab"] and res >> 1 == 2
+        assert efd_count(ring.fds().space_efd) == 0
+        assert header(ring, "writer_sleeping") == 0
+        assert r.read(5) == b"cde"
+
+
+def test_arming_with_nothing_to_do_leaves_the_flag_up(backend):
+    """The state a sleeper blocks in: flag published, nothing moved; the
+    next write takes the flag down and signals exactly once."""
+    with Ring.create(8, backend=backend, spin_ns=0, yields=0) as ring:
+        w, r = ring.writer(), ring.reader()
+        dst, n = r._target(bytearray(4))
+        assert r._op(dst, 0, n, _core.ARM, 0) == 0
+        assert header(ring, "reader_sleeping") == 1
+        assert w.write(b"z") == 1
+        assert header(ring, "reader_sleeping") == 0
+        assert efd_count(ring.fds().data_efd) == 1
+        assert r._op(dst, 0, n, _core.ARM, 0) >> 2 == 1
+        assert header(ring, "reader_sleeping") == 0
 
 
 def test_recv_timeout_clears_the_sleeping_flag(backend):

@@ -300,6 +300,13 @@ class Ring:
         self._mm.close()
         _close_all(self._fds)
 
+    def __del__(self) -> None:
+        # Like a socket: an unclosed ring closes its descriptors when collected.
+        if not getattr(self, "_closed", True):
+            msg = f"unclosed {self!r}"
+            self.close()
+            warnings.warn(msg, ResourceWarning, source=self, stacklevel=2)
+
     def __enter__(self) -> Ring:
         return self
 

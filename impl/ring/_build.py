@@ -14,8 +14,11 @@ whose layout differs from the current ``layout.py``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 from cffi import FFI
 
@@ -61,15 +64,30 @@ ffibuilder.set_source(
     include_dirs=[str(HERE)],
     define_macros=sorted(layout_macros().items()),
     extra_compile_args=["-O2", "-std=gnu11"],
+    # One file name for both builds (pip and in place): an abi3 module from
+    # one would otherwise sit beside, and lose to, a stale cpython-311 one.
+    py_limited_api=False,
     depends=[str(HERE / "ring.h"), str(HERE / "layout.py")],
 )
 
 
 def main() -> int:
-    """Compile the extension in place, next to this file."""
-    root = HERE.parent.parent  # cffi puts impl/ring/_ring_c*.so under tmpdir
-    out = ffibuilder.compile(tmpdir=str(root), verbose=False)
-    print(out)
+    """Compile the extension in place, next to this file.
+
+    The build runs in a scratch directory and the finished module is renamed
+    into place, so a process that has the old one loaded keeps a valid
+    mapping instead of seeing the file rewritten under it.
+    """
+    with tempfile.TemporaryDirectory(prefix="sd-ring-build-") as tmp:
+        built = pathlib.Path(ffibuilder.compile(tmpdir=tmp, verbose=False))
+        target = HERE / built.name
+        staged = target.with_name(target.name + ".new")
+        shutil.copy2(built, staged)
+        os.replace(staged, target)
+    for other in HERE.glob("_ring_c*.so"):
+        if other != target:
+            other.unlink()  # a differently named build would shadow or confuse
+    print(target)
     return 0
 
 

@@ -10,6 +10,8 @@ bytearray against resizing for the duration of the call).
 
 from __future__ import annotations
 
+import time
+
 from impl.ring import _core, layout
 from impl.ring._ring_c import ffi, lib
 
@@ -35,6 +37,11 @@ def check_build() -> str | None:
         if got != value:
             return f"{name} is {got!r} in the compiled module, {value!r} in layout.py"
     return None
+
+
+# Bound once; and called with positional arguments only: cffi parses a
+# keyword argument (require_writable=True) at a cost of ~200 ns a call here.
+_from_buffer = ffi.from_buffer
 
 
 def _not_writable(buf) -> TypeError:
@@ -72,7 +79,7 @@ class CRingWriter(_COps, _core.RingWriter):
     def _source(self, data):
         if type(data) is bytes:
             return data, len(data)
-        src = ffi.from_buffer(data)
+        src = _from_buffer(data)
         return src, len(src)
 
     def _op(self, buf, off: int, n: int, flags: int, spin_ns: int) -> int:
@@ -83,11 +90,27 @@ class CRingWriter(_COps, _core.RingWriter):
         if type(data) is bytes:
             r = self._cw(self._p, data, 0, len(data), 0, 0)  # RingCredit!Write
         else:
-            src = ffi.from_buffer(data)
+            src = _from_buffer(data)
             r = self._cw(self._p, src, 0, len(src), 0, 0)
         if r & 1:
             return self._finish(r)
         return r >> 1
+
+    def send_all(self, data, timeout: float | None = None) -> None:  # the hot path
+        """Write all of *data*, waiting for space; see RingWriter.send_all."""
+        if timeout is not None:
+            _core.check_timeout(timeout)
+        if type(data) is bytes:
+            src, total = data, len(data)
+        else:
+            src = _from_buffer(data)
+            total = len(src)
+        r = self._cw(self._p, src, 0, total, 0, 0)  # RingCredit!Write
+        if r == total << 1 and total:
+            return  # all of it in one go, and no reader to wake
+        off = self._finish(r) if r & 1 else r >> 1
+        if off < total or total == 0:
+            self._send_from(src, off, total, timeout)
 
 
 class CRingReader(_COps, _core.RingReader):
@@ -101,7 +124,7 @@ class CRingReader(_COps, _core.RingReader):
     def _target(self, buf):
         # require_writable: cffi would otherwise let C write into a bytes.
         try:
-            dst = ffi.from_buffer(buf, require_writable=True)
+            dst = _from_buffer("char[]", buf, True)
         except BufferError:
             raise _not_writable(buf) from None
         return dst, len(dst)
@@ -112,10 +135,30 @@ class CRingReader(_COps, _core.RingReader):
     def read_into(self, buf, *, peek: bool = False) -> int:  # the hot path
         """Copy up to ``len(buf)`` available bytes into *buf*; never blocks."""
         try:
-            dst = ffi.from_buffer(buf, require_writable=True)
+            dst = _from_buffer("char[]", buf, True)
         except BufferError:
             raise _not_writable(buf) from None
         r = self._cr(self._p, dst, 0, len(dst), 1 if peek else 0, 0)  # RingCredit!Recv
+        if r & 1:
+            return self._finish(r)
+        return r >> 2
+
+    def recv_into(self, buf, timeout: float | None = None) -> int:  # the hot path
+        """Wait for at least one byte, then read; see RingReader.recv_into."""
+        if timeout is not None:
+            _core.check_timeout(timeout)
+        try:
+            dst = _from_buffer("char[]", buf, True)
+        except BufferError:
+            raise _not_writable(buf) from None
+        n = len(dst)
+        # Spin (if at all) inside this first call: a reply that is on its
+        # way is then seen without another trip through Python.
+        spin = self._spin_ns if timeout is None else self._first_spin(timeout)
+        r = self._cr(self._p, dst, 0, n, 0, spin)  # RingCredit!Recv
+        if r == 0 and n:
+            r = self._block(dst, 0, n, None if timeout is None else time.monotonic() + timeout,
+                            spun=spin > 0)
         if r & 1:
             return self._finish(r)
         return r >> 2

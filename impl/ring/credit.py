@@ -331,18 +331,18 @@ class CreditSender:
             return False
         # RingCredit!GetCredit
         if imm & IMM_REQUEST:
-            raise RingCorrupt(f"credit return carries the request bit (imm {imm:#x})")
+            raise RingCorrupt("credit with request bit", f"imm {imm:#x}")
         value = _unwrap(self._shead, imm)
         advance = value - self._shead
         if advance == 0:
-            raise RingCorrupt(f"credit return did not advance head past {self._shead}")
+            raise RingCorrupt("credit did not advance", f"head already {self._shead}")
         if advance > MAX_CAPACITY:
-            raise RingCorrupt(f"credit return went backwards from head {self._shead}")
+            raise RingCorrupt("credit went backwards", f"imm {imm:#x} after head {self._shead}")
         if value > self._tail:
-            raise RingCorrupt(f"credit return head {value} is beyond tail {self._tail}")
+            raise RingCorrupt("credit beyond tail", f"head {value} > tail {self._tail}")
         (word,) = CREDIT_WORD.unpack_from(self._credit_target.region)
         if word < value:
-            raise RingCorrupt(f"credit word {word} is behind its completion {value}")
+            raise RingCorrupt("credit word behind its imm", f"word {word} < {value}")
         self._shead = value
         self._asked = False
         return True
@@ -372,6 +372,10 @@ class CreditSender:
                 self._wait_for_credit(waiter)
             waiter.reset()
         while not _flush(self._channel):
+            # Take credits meanwhile: unread, they would keep the wait's
+            # select() returning at once.
+            while self.get_credit():
+                pass
             waiter.wait("flushing data to the receiver", self._credit_target,
                         self._channel, None)
 
@@ -497,22 +501,21 @@ class CreditReceiver:
         # The request travels behind the data it was sent after, so the tail
         # it names is exactly the one we have seen.
         if low != self._rtail & IMM_POS_MASK:
-            raise RingCorrupt(
-                f"credit request names tail {low:#x} (mod 2**31), but the data so far "
-                f"ends at {self._rtail}")
+            raise RingCorrupt("credit request names another tail",
+                              f"{low:#x} (mod 2**31), but the data so far ends at "
+                              f"{self._rtail}")
         self._creq = True
 
     def _take_tail(self, low: int) -> None:
         new = _unwrap(self._rtail, low)
         advance = new - self._rtail
         if advance == 0:
-            raise RingCorrupt(f"data message did not advance tail past {self._rtail}")
+            raise RingCorrupt("tail did not advance", f"imm {low:#x} at tail {self._rtail}")
         if advance > MAX_CAPACITY:
-            raise RingCorrupt(f"data message moved tail backwards from {self._rtail}")
+            raise RingCorrupt("tail went backwards", f"imm {low:#x} after tail {self._rtail}")
         if new - self._head > self._capacity:
-            raise RingCorrupt(
-                f"data message tail {new} is beyond head {self._head} + capacity "
-                f"{self._capacity}")
+            raise RingCorrupt("tail beyond head + capacity",
+                              f"tail {new}, head {self._head}, capacity {self._capacity}")
         self._rtail = new
 
     def read_into(self, buf: bytearray | memoryview) -> int:

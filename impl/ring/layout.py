@@ -34,10 +34,8 @@ and never exceeds the capacity.
 
 from __future__ import annotations
 
-import mmap
-
 __all__ = [
-    "MAGIC", "VERSION", "PAGE_SIZE", "MIN_CAPACITY", "MAX_CAPACITY",
+    "MAGIC", "VERSION", "MIN_CAPACITY", "MAX_CAPACITY",
     "OFF_MAGIC", "OFF_VERSION", "OFF_CAPACITY", "OFF_DATA_OFF",
     "OFF_TAIL", "OFF_WRITER_SLEEPING", "OFF_CLOSED_WR",
     "OFF_HEAD", "OFF_READER_SLEEPING", "OFF_CLOSED_RD",
@@ -49,8 +47,6 @@ __all__ = [
 MAGIC = int.from_bytes(b"sdring\x00\x01", "little")
 #: Bumped on any change to this file's offsets or the meaning of a field.
 VERSION = 1
-
-PAGE_SIZE = mmap.PAGESIZE
 
 # Capacity bounds.  One byte is allowed on purpose: the spec's model checks
 # use rings of 4 to 8 bytes and the implementation must run those too.  The

@@ -30,7 +30,8 @@ Frame format of :class:`SocketChannel` (all little-endian), one per write::
 A frame that breaks any rule (unknown flag bits, an immediate without its
 flag, a length above :data:`MAX_FRAME_DATA`, bytes outside the region, a
 stream that ends inside a frame) raises :class:`FrameError` before anything
-is written to the region.
+is written to the region.  Writes the writer itself gets wrong (outside the
+peer's region, an imm that is not 32 bits) raise ValueError at once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import collections
 import socket
 import struct
 from typing import Protocol, runtime_checkable
+
+from impl.ring._core import RingCorrupt
 
 __all__ = [
     "FLAG_IMM",
@@ -65,8 +68,16 @@ IMM_MAX = (1 << 32) - 1
 _RECV_CHUNK = 1 << 18
 
 
-class FrameError(ValueError):
-    """A remote write that breaks the channel's rules (bad frame or bounds)."""
+class FrameError(RingCorrupt):
+    """A frame from the peer that breaks the channel's rules.
+
+    A :class:`~impl.ring.RingCorrupt` (OSError, errno EBADMSG) with the fault
+    ``"malformed frame"``: the peer's data can no longer be trusted.  Nothing
+    of the frame was written to the region.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("malformed frame", detail)
 
 
 @runtime_checkable
@@ -218,6 +229,7 @@ class SocketChannel:
         self._in = bytearray()      # bytes received; frames start at _pos
         self._pos = 0               # consumed prefix of _in, dropped on the next fill
         self._eof = False
+        self.reset_by_peer = False  # the peer's end of stream came as ECONNRESET
         self.writes_issued = 0
 
     def fileno(self) -> int:
@@ -289,6 +301,13 @@ class SocketChannel:
             chunk = self._sock.recv(_RECV_CHUNK)
         except (BlockingIOError, InterruptedError):
             return
+        except ConnectionResetError:
+            # The peer closed with some of our frames unread (typically the
+            # ring's last credits, which it no longer needed).  Everything it
+            # sent before closing was already received, so this is its end of
+            # stream; a frame cut short still raises in deliver_one().
+            self.reset_by_peer = True
+            chunk = b""
         if not chunk:
             self._eof = True
         # Drop consumed frames here, once per recv, rather than once per frame:
