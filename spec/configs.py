@@ -79,6 +79,14 @@ CONFIGS: tuple[CheckedConfig, ...] = (
         "RingCredit, small: every action fires, the credit request is needed",
     ),
     CheckedConfig(
+        TLA_DIR, "MCRingCredit", "MCRingCreditBatch.cfg", "ok", False,
+        "RingCredit, exhaustive: both transports, batch below the ring",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCRingCredit", "MCRingCreditBatchSmall.cfg", "ok", True,
+        "RingCredit, small: full batches returned without a request",
+    ),
+    CheckedConfig(
         TLA_DIR, "MCRingCredit", "MCRingCreditBad.cfg", "deadlock", True,
         "RingCredit without the credit request: the credit deadlock",
     ),

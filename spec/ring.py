@@ -419,7 +419,7 @@ def TypeOK(p: Params, s: State) -> bool:
         and _is_bytes(s.buf, 0, k1)
         and isinstance(s.wire, tuple)
         and all(
-            m is ASK or isinstance(m, AskMsg)
+            isinstance(m, AskMsg)
             or (isinstance(m, DataMsg) and _is_nat(m.pos) and _is_bytes(m.vals, 1, k1))
             for m in s.wire
         )

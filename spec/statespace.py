@@ -1,4 +1,4 @@
-"""Breadth-first exploration of a model's state space, the way TLC does it.
+r"""Breadth-first exploration of a model's state space, the way TLC does it.
 
 Generic over the model: a model supplies its initial states and a ``next``
 function yielding ``(label, successor)`` pairs for one state.  States must be
@@ -6,11 +6,15 @@ hashable.  The counts are comparable with TLC's:
 
 * ``distinct`` is TLC's "distinct states found" (a stuttering step such as a
   terminal ``Done`` finds no new state);
-* ``generated`` is TLC's "states generated" (initial states plus every
-  successor computed, seen or not);
+* ``generated`` counts initial states plus every (label, successor) pair,
+  seen or not: TLC's "states generated" as long as no action yields the
+  same successor twice (TLC enumerates each disjunct of an action, so an
+  action with ``A \/ B`` in its guard counts twice where both hold);
 * ``depth`` is TLC's "depth of the complete state graph search": TLC counts
   the initial states as depth 1, so it is the longest shortest path from an
-  initial state, in steps, plus one.
+  initial state, in steps, plus one.  (That is what TLC reports with one
+  worker; with several, its search is not strictly level by level and the
+  reported depth can be larger.)
 """
 
 from __future__ import annotations

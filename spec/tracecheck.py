@@ -68,14 +68,15 @@ __all__ = [
 class Event:
     """One step of a trace.
 
-    ``action`` is the name of the spec action taken (``"Write"``) and
-    ``params`` its parameters in the spec's order (``("Want", (3,))`` for
-    ``Want(3)``); ``state`` maps every variable of the spec to its value
-    after the step, as Python values that ``spec.tlavalue.to_tla`` renders
-    (tuple -> sequence, dict with str keys -> record, dict with other keys
-    -> function, bool, int, str).  The first event of a trace is its initial
-    state; by convention its action is ``"Init"`` and its params are empty
-    (both are ignored).
+    ``action`` is the name of the spec action taken and ``params`` its
+    parameters in the spec's order (``Event("Want", (3,), ...)`` for
+    ``Want(3)``, ``Event("Write", (), ...)`` for ``Write``).  ``state`` maps
+    every variable of the spec to its value after the step, as Python values
+    that ``spec.tlavalue.to_tla`` renders (tuple -> sequence, dict with str
+    keys -> record, dict with other keys -> function, bool, int, str); for
+    RingCredit, ``spec.ring.to_tla_state`` gives exactly that.  The first
+    event of a trace is its initial state; by convention its action is
+    ``"Init"`` and its params are empty (both are ignored).
     """
 
     action: str
@@ -301,7 +302,9 @@ def _defined_operators(spec_dir: Path, module: str) -> set[str]:
 _RESERVED = {"tid", "l", "Traces"}
 
 
-def _formula_for(action_formula, name: str, arity: int) -> str:
+def _formula_for(
+    action_formula: Mapping[str, str] | Callable[[str], str | None] | None, name: str, arity: int
+) -> str:
     """The TLA+ action for events named ``name``; ``p`` is the params tuple."""
     if action_formula is None:
         if arity == 0:
@@ -460,13 +463,17 @@ def _write_trace_module(
         f"    /\\ UNCHANGED <<{all_vars}>>",
         "",
         "XNext == XStep \\/ XEnd",
+        "",
+        "\\* State predicates every logged state must satisfy (check_traces' invariants).",
+        *(f"XInv{i} == {text}" for i, text in enumerate(invariants, start=1)),
         "=" * 72,
         "",
     ]
     (out / "XTrace.tla").write_text("\n".join(lines), encoding="utf-8")
     cfg = ["CONSTANTS"]
     cfg += [f"    {name} <- XConst_{name}" for name in constants]
-    cfg += ["INIT XInit", "NEXT XNext", "INVARIANTS XInitOK " + " ".join(invariants), ""]
+    cfg += ["INIT XInit", "NEXT XNext", "INVARIANTS XInitOK"]
+    cfg += [f"    XInv{i}" for i in range(1, len(invariants) + 1)] + [""]
     (out / "XTrace.cfg").write_text("\n".join(cfg), encoding="utf-8")
 
 
@@ -577,6 +584,7 @@ def _explain(
     traces: Sequence[Sequence[Event]],
     variables: Sequence[str],
     formulas: Mapping[str, str],
+    invariants: Sequence[str],
     res: TLCResult,
     next_name: str | None,
     timeout: float | None,
@@ -600,13 +608,12 @@ def _explain(
             reason="the first logged state is not an initial state of the spec",
             action=e.action, params=e.params, logged=dict(e.state),
         )
-    if v.kind == "invariant":
+    if v.kind == "invariant" and v.name and re.fullmatch(r"XInv\d+", v.name):
         e = trace[cursor - 1]
         return TraceFailure(
             trace=tid - 1, step=cursor - 1, tid=tid, cursor=cursor,
-            reason=f"the logged state violates the invariant {v.name}",
+            reason=f"the logged state violates {invariants[int(v.name[4:]) - 1]}",
             action=e.action, params=e.params, logged=dict(e.state),
-            reached=dict(e.state),
         )
     if v.kind not in ("deadlock", "error"):
         raise RuntimeError(f"TLC could not check the traces:\n{res.report()}")
@@ -659,8 +666,10 @@ def check_traces(
     name to the formula (or None if unknown).  By default an event named
     ``X`` with n params takes the spec's ``X(p[1], ..., p[n])``.  ``init``
     names the spec's initial predicate and ``next`` its next-state relation
-    (used only to explain a rejection; None to skip); ``invariants`` are state predicates
-    of the spec that every logged state must also satisfy.  The generated
+    (used only to explain a rejection; None to skip).  ``invariants`` are
+    state predicates (names of the spec's invariants, or TLA+ expressions
+    over its variables and constants) that every logged state must satisfy:
+    useful where the trace's constants were never model-checked.  The generated
     files stay in ``keep_dir`` when given (for inspection), else in a
     temporary directory that is removed.
 
@@ -718,7 +727,7 @@ def check_traces(
         )
         if not res.ok:
             result.failure = _explain(work, module, constants, traces, variables, formulas,
-                                      res, next, timeout)
+                                      invariants, res, next, timeout)
         return result
     finally:
         if tmp is not None:

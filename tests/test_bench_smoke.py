@@ -32,7 +32,8 @@ RING_KEYS = {"ring-c", "ring-python"}
 TINY = suite.Settings(
     repeats=REPEATS, rtt_warmup=20, rtt_iterations=RTT_ITERATIONS, rtt_budget=60.0,
     one_core_iterations=ONE_CORE_ITERATIONS, one_core_budget=60.0,
-    stream_bytes=256 * 1024, stream_min_count=4, stream_max_count=400, deadline=60.0)
+    stream_seconds=0.01, stream_min_count=4, stream_max_count=400,
+    stream_warmup_bytes=64 * 1024, deadline=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +176,9 @@ def test_json_keys_and_consistency(run: tuple[dict, dict]) -> None:
         assert len(rtt["repeat_median_us"]) == REPEATS
         assert set(data["throughput"][key]) == {str(n) for n in suite.SIZES}
         for size, row in data["throughput"][key].items():
-            assert row["count"] == TINY.stream_count(int(size))
-            assert len(row["repeat_msgs_per_s"]) == REPEATS
+            assert len(row["counts"]) == len(row["repeat_msgs_per_s"]) == REPEATS
+            assert all(TINY.stream_min_count <= c <= TINY.stream_max_count
+                       for c in row["counts"])
             assert min(row["repeat_msgs_per_s"]) <= row["msgs_per_s"] <= max(
                 row["repeat_msgs_per_s"])
             assert row["gb_per_s"] == pytest.approx(row["msgs_per_s"] * int(size) / 1e9)
@@ -281,3 +283,12 @@ def test_cli_quick(tmp_path: Path) -> None:
         assert (tmp_path / name).stat().st_size > 0, name
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["settings"]["repeats"] == 1 and data["pinning"]["pinned"] is False
+
+
+def test_stream_count_follows_the_warmup_pace() -> None:
+    """The timed count is the warm-up's rate times the target, clamped to the bounds."""
+    # 1,000 messages in 0.1 s is 10,000 msg/s: 0.5 s of that is 5,000 messages.
+    assert measure._calibrated(1_000, 100_000_000, 0.5, 10, 10**6) == 5_000
+    assert measure._calibrated(1_000, 100_000_000, 0.5, 10, 4_000) == 4_000
+    assert measure._calibrated(1_000, 10**12, 0.5, 10, 10**6) == 10
+    assert measure._calibrated(1_000, 0, 0.5, 10, 10**6) == 10**6  # no division by zero

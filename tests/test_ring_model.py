@@ -1,10 +1,13 @@
-"""The Python model spec/ring.py agrees with spec/tla/RingCredit.tla.
+r"""The Python model spec/ring.py agrees with spec/tla/RingCredit.tla.
 
 The constants come from the TLC configs themselves (a tiny .cfg reader), so
 the model and TLC can never be checked against different instances.  TLC
 runs with one worker where depths are compared: with two workers TLC's
 breadth-first search is not strictly level by level and the depth it
 reports can exceed the true one (seen: 50 instead of 49 on MCRingCredit).
+TLC's count of generated states is not compared: TLC enumerates each
+disjunct of an action separately, so ReturnCredit's ``head - credited >= B
+\/ creq`` yields the same successor twice when both hold.
 """
 
 from __future__ import annotations
@@ -277,8 +280,7 @@ def test_small_config_matches_tlc_state_for_state(
     p, g = small
     res = _tlc(tmp_path, SMALL_CFG, workers=1, deadlock=True, dump_dot=tmp_path / "g.dot")
     assert res.ok, res.report()
-    assert (res.distinct_states, res.generated_states, res.diameter) == (
-        g.distinct, g.generated, g.depth)
+    assert (res.distinct_states, res.diameter) == (g.distinct, g.depth)
     assert g.deadlocks == []
 
     init, edges = _state_graph_from_dot(tmp_path / "g.dot")
@@ -300,8 +302,7 @@ def test_bad_config_matches_tlc_and_deadlocks_where_tlc_does(
     p, g = bad
     counted = _tlc(tmp_path, BAD_CFG, workers=1, deadlock=False)
     assert counted.ok, counted.report()
-    assert (counted.distinct_states, counted.generated_states, counted.diameter) == (
-        g.distinct, g.generated, g.depth)
+    assert (counted.distinct_states, counted.diameter) == (g.distinct, g.depth)
 
     (tmp_path / "dl").mkdir()
     found = _tlc(tmp_path / "dl", BAD_CFG, workers=2, deadlock=True)
@@ -318,8 +319,7 @@ def test_batching_instance_matches_tlc(tmp_path: Path) -> None:
     assert any(label.name == "ReturnCredit" and not s.creq for s, label, _ in g.edges)
     res = _tlc(tmp_path, SMALL_CFG, {"B": 2}, workers=1, deadlock=True)
     assert res.ok, res.report()
-    assert (res.distinct_states, res.generated_states, res.diameter) == (
-        g.distinct, g.generated, g.depth)
+    assert (res.distinct_states, res.diameter) == (g.distinct, g.depth)
 
 
 def test_deadlocks_only_without_the_credit_request(
