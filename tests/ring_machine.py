@@ -539,7 +539,8 @@ def _wrapper_module(params: Sequence[Params]) -> str:
     adds a frozen variable ``xcfg`` that says which set a trace uses, and
     defines each action and invariant by a CASE on it.  An event's action
     name then refers to the wrapper's operator of that name, as for the
-    spec itself.
+    spec itself.  ``Recv(k)`` also carries the bound ``k <= C`` that the
+    spec puts in ``Next``'s quantifier rather than in the action.
     """
     variables = ", ".join(State._fields)
     lines = [
@@ -554,16 +555,31 @@ def _wrapper_module(params: Sequence[Params]) -> str:
                           for k, v in p.constants().items())
         lines.append(f"R{i} == INSTANCE RingCredit WITH {subst}")
 
-    def case(expr: str) -> str:
-        return "CASE " + "\n  [] ".join(f"xcfg = {i} -> R{i}!{expr}"
-                                        for i in range(1, len(params) + 1))
+    def case_of(expr: Callable[[int, Params], str]) -> str:
+        return "CASE " + "\n  [] ".join(f"xcfg = {i} -> {expr(i, p)}"
+                                        for i, p in enumerate(params, start=1))
+
+    def case(op: str) -> str:
+        return case_of(lambda i, p: f"R{i}!{op}")
 
     lines.append("")
     lines.append(f"Init == {case('Init')}")
     for action in ("Write", "AskCredit", "GetCredit", "Deliver", "ReturnCredit", "Done"):
         lines.append(f"{action} == xcfg' = xcfg /\\ ({case(action)})")
     lines.append(f"Want(n) == xcfg' = xcfg /\\ ({case('Want(n)')})")
-    lines.append(f"Recv(k) == xcfg' = xcfg /\\ ({case('Recv(k)')})")
+    # RingCredit's Recv(k) leaves k <= C to Next's quantifier: keep that bound.
+    recv = case_of(lambda i, p: f"(k \\in 1..{p.C} /\\ R{i}!Recv(k))")
+    lines.append(f"Recv(k) == xcfg' = xcfg /\\ ({recv})")
+    max_len = max(p.MaxLen for p in params)
+    max_c = max(p.C for p in params)
+    # The spec's Next over the wrapper's actions (TLC then labels steps by them).
+    lines += [
+        "Next ==",
+        f"    \\/ \\E n \\in 1..{max_len} : Want(n)",
+        "    \\/ Write \\/ AskCredit \\/ GetCredit \\/ Deliver",
+        f"    \\/ \\E k \\in 1..{max_c} : Recv(k)",
+        "    \\/ ReturnCredit \\/ Done",
+    ]
     for inv in INVARIANT_NAMES:
         lines.append(f"{inv} == {case(inv)}")
     lines += ["=" * 80, ""]

@@ -49,9 +49,9 @@ _NO_C = "" if rm.HAVE_C else "the cffi extension impl.ring._ring_c is not built"
 # at random per run ("swarm testing"), so some runs only read or only write;
 # the coverage test below checks that the interesting cases still happened.
 SETTINGS = {
-    rm.ShmCMachine: settings(max_examples=200, stateful_step_count=60, deadline=None),
-    rm.ShmPythonMachine: settings(max_examples=200, stateful_step_count=60, deadline=None),
-    rm.RdmaMachine: settings(max_examples=300, stateful_step_count=80, deadline=None),
+    rm.ShmCMachine: settings(max_examples=250, stateful_step_count=60, deadline=None),
+    rm.ShmPythonMachine: settings(max_examples=250, stateful_step_count=60, deadline=None),
+    rm.RdmaMachine: settings(max_examples=400, stateful_step_count=80, deadline=None),
 }
 MACHINES = list(SETTINGS)
 TLC_TIMEOUT = 400  # seconds; the batch takes 15-40 s here
