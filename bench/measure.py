@@ -5,7 +5,9 @@
   per-round-trip samples.
 * :func:`stream` - the parent sends a run of equal messages as fast as it
   can and the child drains them; the parent times from the first send to
-  the child's one-byte acknowledgement of the last byte.
+  the child's one-byte acknowledgement of the last byte.  The warm-up's
+  pace sets how many messages are timed, so each run lasts about as long
+  whatever the transport.
 
 Every transport runs in the same process structure (fork, the same CPU
 placement, the same loops), so the ratios between them are fair.  The
@@ -43,6 +45,8 @@ _STOP = b"\x01stop!!!"
 _DRAIN_BUFFER = 256 * 1024
 # The byte every streamed message is made of; the child checks it arrived.
 _FILL = 0xA5
+# The timed message count travels to the child in this many bytes.
+_COUNT_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -307,40 +311,64 @@ def _message(size: int) -> Iterator[bytes | memoryview]:
             yield view
 
 
-def _sink(endpoint: Endpoint, size: int, warmup: int, count: int) -> None:
-    """The child's side of streaming: drain the warm-up, acknowledge, drain the run, ack."""
+def _sink(endpoint: Endpoint, size: int, warmup: int) -> None:
+    """The child's side of streaming: drain the warm-up, ack; read the count, drain, ack."""
     send_all, recv_some = endpoint.send_all, endpoint.recv_some
+    header = memoryview(bytearray(_COUNT_BYTES))
     with _page_buffer(max(size, _DRAIN_BUFFER)) as view:
-        for messages in (warmup, count):
-            _drain(recv_some, view, messages * size)
-            if messages and view[0] != _FILL:
+        count = warmup
+        for phase in ("warm-up", "run"):
+            _drain(recv_some, view, count * size)
+            if count and view[0] != _FILL:
                 raise ValueError(f"streamed byte arrived as {view[0]:#x}, sent {_FILL:#x}")
             send_all(b"!")
+            if phase == "warm-up":
+                _recv_rest(recv_some, header, 0)
+                count = int.from_bytes(header, "little")
 
 
-def _source(endpoint: Endpoint, size: int, warmup: int, count: int) -> int:
-    """The parent's side of streaming: return ns from the first send to the last ack."""
+def _calibrated(warmup: int, warm_ns: int, target: float, lo: int, hi: int) -> int:
+    """Return how many messages fill about *target* seconds at the warm-up's pace."""
+    rate = warmup / max(warm_ns, 1) * 1e9
+    return max(lo, min(hi, int(rate * target)))
+
+
+def _source(endpoint: Endpoint, size: int, warmup: int, target: float,
+            lo: int, hi: int) -> tuple[int, int]:
+    """The parent's side of streaming: return (messages, ns from first send to last ack)."""
     send_all, recv_some = endpoint.send_all, endpoint.recv_some
     ack = memoryview(bytearray(1))
     clock = time.perf_counter_ns
     with _message(size) as message:
+        t0 = clock()
         for _ in range(warmup):
             send_all(message)
         _recv_rest(recv_some, ack, 0)
+        # The warm-up's pace sets the count, so every transport streams for
+        # about the same time: slow ones do not stretch the run, fast ones
+        # are not measured over a few milliseconds.
+        count = _calibrated(warmup, clock() - t0, target, lo, hi)
+        send_all(count.to_bytes(_COUNT_BYTES, "little"))
         t0 = clock()
         for _ in range(count):
             send_all(message)
         _recv_rest(recv_some, ack, 0)
-        return clock() - t0
+        return count, clock() - t0
 
 
-def stream(transport: Transport, placement: Placement, *, size: int, warmup: int, count: int,
-           seconds: float = 120.0) -> int:
-    """Stream *count* messages of *size* bytes after *warmup* untimed ones; return elapsed ns."""
-    if size < 1 or warmup < 0 or count < 1:
+def stream(transport: Transport, placement: Placement, *, size: int, warmup: int,
+           target: float, min_count: int, max_count: int,
+           seconds: float = 120.0) -> tuple[int, int]:
+    """Stream messages of *size* bytes; return (messages timed, elapsed ns).
+
+    *warmup* untimed messages go first; their pace sets the number of timed
+    ones to last about *target* seconds, within [*min_count*, *max_count*].
+    """
+    if size < 1 or warmup < 1 or not 1 <= min_count <= max_count or not target > 0:
         raise ValueError(
-            f"need size >= 1, warmup >= 0, count >= 1, got {size}, {warmup}, {count}")
+            "need size >= 1, warmup >= 1, 1 <= min_count <= max_count and target > 0, got "
+            f"{size}, {warmup}, {min_count}, {max_count}, {target}")
     return _run_forked(
         transport, placement,
-        lambda ep: _source(ep, size, warmup, count),
-        lambda ep: _sink(ep, size, warmup, count), seconds)
+        lambda ep: _source(ep, size, warmup, target, min_count, max_count),
+        lambda ep: _sink(ep, size, warmup), seconds)

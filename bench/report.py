@@ -118,7 +118,8 @@ def _method_section(results: dict) -> list[str]:
     s = results["settings"]
     pin = results["pinning"]
     tuned = "x86_rep_movsb_threshold" in results["machine"].get("glibc_tunables", "")
-    sizes = ", ".join(f"{_size(n)}: {_count(s, n):,}" for n in s["sizes"])
+    warm = ", ".join(f"{_size(n)}: {_warmup(s, n):,}" for n in s["sizes"])
+    timed = _timed_counts(results)
     lines = [
         "## Method", "",
         "- **Processes.** Each measurement opens its transport, forks, and runs the "
@@ -133,12 +134,15 @@ def _method_section(results: dict) -> list[str]:
         f"(at most {s['rtt_budget']:g} s per run). Percentiles (nearest rank) pool the "
         "samples of all repeats; the spread is the lowest to highest median of the "
         "single repeats.",
-        f"- **Streaming.** The parent sends equal messages back to back ({sizes} per "
-        "run, after a tenth as many untimed ones); the child drains them into a "
-        "256 KiB buffer and acknowledges the last byte with one byte. Time runs from "
-        "the first send to that acknowledgement. msg/s counts the parent's messages; "
-        "GB/s is 10^9 bytes/s. Each cell is the median of the repeats, with the "
-        "lowest to highest in brackets.",
+        f"- **Streaming.** The parent sends equal messages back to back; the child "
+        "drains them into a 256 KiB buffer and acknowledges the last byte with one "
+        f"byte. First come untimed messages ({warm}); their pace sets how many are "
+        f"timed, so that a run lasts about {s['stream_seconds']:g} s whatever the "
+        f"transport (at least {s['stream_min_count']:,}; this run timed {timed}). Time "
+        "runs from the first timed send to the acknowledgement. msg/s counts the "
+        "parent's messages; GB/s is 10^9 bytes/s. Each cell is the median of the "
+        "repeats, with the lowest to highest in brackets. Messages under 4 KiB are "
+        "`bytes` objects, larger ones a page-aligned buffer (see the memcpy trap below).",
         f"- **Repeats.** {s['repeats']}, interleaved: every transport once, then every "
         "transport again, so a burst of foreign load hits all of them alike.",
         "- **Kernel transports.** TCP over 127.0.0.1 with `TCP_NODELAY` on both ends; a "
@@ -147,8 +151,9 @@ def _method_section(results: dict) -> list[str]:
         "interval timer bounds each run instead.",
         _ring_text(results),
         "- **The glibc memcpy alignment trap.** " + _probe_text(results) + " The ring "
-        "puts its payload half a page into its mapping, and the benchmark sends from "
-        "and drains into page-aligned buffers, so every run sees the same alignment "
+        "puts its payload half a page into its mapping, and the benchmark sends "
+        "messages of 4 KiB and more from, and always drains into, page-aligned buffers, "
+        "so every run sees the same alignment "
         "instead of whatever the allocator hands out. "
         + (f"This run had `GLIBC_TUNABLES={GLIBC_TUNABLE}` set (`--glibc-tunable`)."
            if tuned else "This run used glibc's defaults, as a user's program would; "
@@ -178,10 +183,20 @@ def _ring_text(results: dict) -> str:
     return text
 
 
-def _count(settings: dict, size: int) -> int:
-    """The streaming message count for *size*, as Settings.stream_count computes it."""
-    return max(settings["stream_min_count"],
-               min(settings["stream_max_count"], settings["stream_bytes"] // size))
+def _warmup(settings: dict, size: int) -> int:
+    """The untimed message count for *size*, as Settings.stream_warmup computes it."""
+    return max(20, min(20_000, settings["stream_warmup_bytes"] // size))
+
+
+def _timed_counts(results: dict) -> str:
+    """'64 B: 120,000-700,000, ...': the range of timed messages per size, all runs."""
+    parts = []
+    for n in results["settings"]["sizes"]:
+        counts = [c for per_size in results["throughput"].values()
+                  for c in per_size[str(n)]["counts"]]
+        if counts:
+            parts.append(f"{_size(n)}: {min(counts):,}–{max(counts):,}")
+    return ", ".join(parts) or "nothing"
 
 
 def _goals_section(results: dict) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -40,9 +41,10 @@ class Settings:
     one_core_iterations: int = 20_000
     one_core_budget: float = 2.0
     sizes: tuple[int, ...] = SIZES
-    stream_bytes: int = 256 << 20  # bytes per streaming run, within the counts below
-    stream_min_count: int = 200
-    stream_max_count: int = 200_000
+    stream_seconds: float = 0.5  # a streaming run lasts about this long ...
+    stream_min_count: int = 100  # ... but times at least this many messages
+    stream_max_count: int = 5_000_000
+    stream_warmup_bytes: int = 4 << 20  # untimed bytes first (within 20..20,000 messages)
     deadline: float = 120.0  # seconds any single measurement may take
     pin: str = "auto"
     only: tuple[str, ...] = field(default=())  # transport keys to run; empty: all
@@ -57,22 +59,20 @@ class Settings:
             raise ValueError(f"sizes must be positive byte counts, got {self.sizes}")
         if not 1 <= self.stream_min_count <= self.stream_max_count:
             raise ValueError("need 1 <= stream_min_count <= stream_max_count")
+        if not 0 < self.stream_seconds <= 60:
+            raise ValueError(f"stream_seconds must be in (0, 60], got {self.stream_seconds}")
 
     @classmethod
     def quick(cls) -> Settings:
         """Few iterations: seconds instead of minutes, for smoke tests (numbers are rough)."""
         return cls(repeats=2, rtt_warmup=300, rtt_iterations=3_000, rtt_budget=0.5,
                    one_core_iterations=1_000, one_core_budget=0.5,
-                   stream_bytes=8 << 20, stream_min_count=20, stream_max_count=10_000,
+                   stream_seconds=0.05, stream_min_count=20, stream_warmup_bytes=1 << 20,
                    deadline=60.0)
 
-    def stream_count(self, size: int) -> int:
-        """Return how many messages of *size* bytes one streaming run sends."""
-        return max(self.stream_min_count, min(self.stream_max_count, self.stream_bytes // size))
-
     def stream_warmup(self, size: int) -> int:
-        """Return how many untimed messages go first: a tenth of the run, at least 10."""
-        return max(10, self.stream_count(size) // 10)
+        """Return how many untimed messages of *size* bytes go first."""
+        return max(20, min(20_000, self.stream_warmup_bytes // size))
 
 
 def percentile(ordered: Sequence[int], q: float) -> int:
@@ -104,18 +104,17 @@ def _summarise_rtt(runs: list[list[int]]) -> dict[str, object]:
     }
 
 
-def _summarise_stream(size: int, count: int, elapsed_ns: list[int]) -> dict[str, object]:
-    """Turn the elapsed times of the repeats into msg/s and GB/s (median of repeats)."""
-    rates = sorted(count / (ns * 1e-9) for ns in elapsed_ns)
-    middle = rates[len(rates) // 2] if len(rates) % 2 else (
-        (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2)
+def _summarise_stream(size: int, runs: list[tuple[int, int]]) -> dict[str, object]:
+    """Turn the (messages, elapsed ns) of the repeats into msg/s and GB/s, median of repeats."""
+    rates = [count / ns * 1e9 for count, ns in runs]
+    middle = statistics.median(rates)
     return {
         "size": size,
-        "count": count,
+        "counts": [count for count, _ in runs],
         "msgs_per_s": middle,
         "gb_per_s": middle * size / 1e9,
-        "repeat_msgs_per_s": [count / (ns * 1e-9) for ns in elapsed_ns],
-        "repeat_gb_per_s": [count * size / ns for ns in elapsed_ns],
+        "repeat_msgs_per_s": rates,
+        "repeat_gb_per_s": [rate * size / 1e9 for rate in rates],
     }
 
 
@@ -211,7 +210,7 @@ def run_suite(settings: Settings | None = None,
     s = settings
     rtt_runs: dict[str, list[list[int]]] = {t.key: [] for t in transports}
     one_runs: dict[str, list[list[int]]] = {t.key: [] for t in one_core}
-    stream_runs: dict[str, dict[int, list[int]]] = {
+    stream_runs: dict[str, dict[int, list[tuple[int, int]]]] = {
         t.key: {size: [] for size in s.sizes} for t in transports}
 
     for rep in range(1, s.repeats + 1):
@@ -223,11 +222,12 @@ def run_suite(settings: Settings | None = None,
             if got is not None:
                 rtt_runs[t.key].append(got)
         for size in s.sizes:
-            log(f"repeat {rep}/{s.repeats}: streaming {size} B x {s.stream_count(size)}")
+            log(f"repeat {rep}/{s.repeats}: streaming {size} B messages")
             for t in transports:
                 got = runner.attempt(t, f"stream {size} B", lambda t=t, size=size: stream(
-                    t, two, size=size, warmup=s.stream_warmup(size),
-                    count=s.stream_count(size), seconds=s.deadline))
+                    t, two, size=size, warmup=s.stream_warmup(size), target=s.stream_seconds,
+                    min_count=s.stream_min_count, max_count=s.stream_max_count,
+                    seconds=s.deadline))
                 if got is not None:
                     stream_runs[t.key][size].append(got)
         log(f"repeat {rep}/{s.repeats}: round trips with both processes on CPU "
@@ -254,8 +254,7 @@ def run_suite(settings: Settings | None = None,
         "failed": runner.failed,
         "latency": {t.key: _summarise_rtt(rtt_runs[t.key]) for t in ok},
         "throughput": {
-            t.key: {str(size): _summarise_stream(size, s.stream_count(size),
-                                                 stream_runs[t.key][size])
+            t.key: {str(size): _summarise_stream(size, stream_runs[t.key][size])
                     for size in s.sizes}
             for t in ok},
         "one_core": {
