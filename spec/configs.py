@@ -17,7 +17,9 @@ from typing import Any
 from spec import tlavalue
 from spec.tlc import KINDS, TLCResult, meets, run_tlc
 
-__all__ = ["CONFIGS", "TLA_DIR", "CheckedConfig", "by_name", "outcome", "read_constants"]
+__all__ = [
+    "CFG_SECTION", "CONFIGS", "TLA_DIR", "CheckedConfig", "by_name", "outcome", "read_constants",
+]
 
 TLA_DIR = Path(__file__).resolve().parent / "tla"
 
@@ -123,7 +125,7 @@ def outcome(cfg: CheckedConfig, result: TLCResult) -> tuple[bool, str]:
 
 # A constant assignment in a .cfg: `Name = value` or `Name <- Def`.
 _ASSIGN = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+?)\s*$")
-_SECTION = re.compile(
+CFG_SECTION = re.compile(
     r"^\s*(CONSTANTS?|INIT|NEXT|SPECIFICATION|INVARIANTS?|PROPERTY|PROPERTIES|"
     r"SYMMETRY|VIEW|CONSTRAINTS?|ACTION_CONSTRAINTS?|CHECK_DEADLOCK|POSTCONDITION|"
     r"ALIAS)\b(.*)$"
@@ -145,7 +147,7 @@ def read_constants(path: str | Path) -> dict[str, Any]:
         line = raw.split("\\*", 1)[0]
         if not line.strip():
             continue
-        m = _SECTION.match(line)
+        m = CFG_SECTION.match(line)
         if m:
             in_constants = m.group(1).startswith("CONSTANT")
             line = m.group(2)

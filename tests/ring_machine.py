@@ -43,7 +43,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from impl.ring import HAVE_C, Ring
+from impl.ring import Ring
 from impl.ring.credit import CreditReceiver, CreditSender
 from impl.ring.remote import LocalChannel
 from spec import ring as model
@@ -61,7 +61,6 @@ from spec.tracecheck import Event, TraceResult, check_traces
 
 __all__ = [
     "COLLECTED",
-    "HAVE_C",
     "INVARIANT_NAMES",
     "SPEC_DIR",
     "ActionDisagreement",

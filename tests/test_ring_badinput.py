@@ -16,14 +16,8 @@ import os
 
 import pytest
 
-import impl.ring as ring_mod
 from impl.ring import Ring, RingCorrupt, RingFds, copy_in, copy_out, layout
-
-BACKENDS = [
-    "python",
-    pytest.param("c", marks=pytest.mark.skipif(not ring_mod.HAVE_C,
-                                               reason="cffi extension not built")),
-]
+from tests.gates import BACKENDS
 
 CAP = 13
 

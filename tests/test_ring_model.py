@@ -1,6 +1,6 @@
 r"""The Python model spec/ring.py agrees with spec/tla/RingCredit.tla.
 
-The constants come from the TLC configs themselves (a tiny .cfg reader), so
+The constants come from the TLC configs themselves (spec.configs.read_constants), so
 the model and TLC can never be checked against different instances.  TLC
 runs with one worker where depths are compared: with two workers TLC's
 breadth-first search is not strictly level by level and the depth it
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from spec import ring
+from spec.configs import CFG_SECTION, read_constants
 from spec.statespace import StateGraph, explore, reachable
-from spec.tlavalue import parse
+from tests.gates import needs_tlc
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "tla"
 SMALL_CFG = "MCRingCreditSmall.cfg"
@@ -29,49 +29,9 @@ BAD_CFG = "MCRingCreditBad.cfg"
 TLC_TIMEOUT = 300
 
 
-def _have_tlc() -> str | None:
-    """Why TLC cannot run here, or None when it can."""
-    if shutil.which("java") is None:
-        return "java is not on PATH (TLC needs it)"
-    try:
-        from spec.tlc import find_jar
-
-        find_jar()
-    except (ImportError, FileNotFoundError) as exc:
-        return f"TLC is not available: {exc}"
-    return None
-
-
-needs_tlc = pytest.mark.skipif(_have_tlc() is not None, reason=str(_have_tlc()))
-
-_CFG_KEYWORDS = re.compile(
-    r"^(CONSTANTS?|SPECIFICATION|INIT|NEXT|INVARIANTS?|PROPERT(?:Y|IES)|CONSTRAINTS?"
-    r"|ACTION_CONSTRAINTS?|SYMMETRY|VIEW|CHECK_DEADLOCK)\b"
-)
-
-
-def _cfg_lines(path: Path) -> list[str]:
-    return [re.sub(r"\\\*.*", "", ln).rstrip() for ln in path.read_text().splitlines()]
-
-
-def read_cfg_constants(path: Path) -> dict[str, object]:
-    """The ``Name = value`` assignments of a TLC config's CONSTANTS section."""
-    constants: dict[str, object] = {}
-    section = None
-    for line in _cfg_lines(path):
-        m = _CFG_KEYWORDS.match(line.strip())
-        if m:
-            section = m.group(1)
-            line = line.strip()[m.end():]
-        if section in ("CONSTANT", "CONSTANTS"):
-            for name, value in re.findall(r"(\w+)\s*=\s*(\S+)", line):
-                constants[name] = parse(value)
-    return constants
-
-
 def params_of(cfg: str) -> ring.Params:
     """The model's Params for one of the spec's configs."""
-    return ring.Params.from_constants(read_cfg_constants(SPEC_DIR / cfg))
+    return ring.Params.from_constants(read_constants(SPEC_DIR / cfg))
 
 
 def safety_copy(cfg: str, dest: Path, **override: int) -> str:
@@ -85,8 +45,9 @@ def safety_copy(cfg: str, dest: Path, **override: int) -> str:
         os.symlink(src, dest / src.name)
     kept = []
     dropping = False
-    for line in _cfg_lines(SPEC_DIR / cfg):
-        m = _CFG_KEYWORDS.match(line.strip())
+    for raw in (SPEC_DIR / cfg).read_text().splitlines():
+        line = raw.split("\\*", 1)[0].rstrip()
+        m = CFG_SECTION.match(line)
         if m:
             dropping = m.group(1) in ("PROPERTY", "PROPERTIES")
         for name, value in override.items():
@@ -119,10 +80,10 @@ def bad() -> tuple[ring.Params, StateGraph]:
 
 
 def test_cfg_reader_reads_every_constant() -> None:
-    consts = read_cfg_constants(SPEC_DIR / SMALL_CFG)
+    consts = read_constants(SPEC_DIR / SMALL_CFG)
     assert set(consts) == {"C", "B", "MaxLen", "MaxBytes", "K", "CreditRequest"}
     assert consts["CreditRequest"] is True
-    assert read_cfg_constants(SPEC_DIR / BAD_CFG)["CreditRequest"] is False
+    assert read_constants(SPEC_DIR / BAD_CFG)["CreditRequest"] is False
 
 
 @pytest.mark.parametrize(
@@ -314,7 +275,7 @@ def test_bad_config_matches_tlc_and_deadlocks_where_tlc_does(
 @needs_tlc
 def test_batching_instance_matches_tlc(tmp_path: Path) -> None:
     """The configs have B > C, so a full batch never builds up there; this one has B < C."""
-    p = ring.Params.from_constants({**read_cfg_constants(SPEC_DIR / SMALL_CFG), "B": 2})
+    p = ring.Params.from_constants({**read_constants(SPEC_DIR / SMALL_CFG), "B": 2})
     g = graph_of(p)
     assert any(label.name == "ReturnCredit" and not s.creq for s, label, _ in g.edges)
     res = _tlc(tmp_path, SMALL_CFG, {"B": 2}, workers=1, deadlock=True)

@@ -30,16 +30,9 @@ from hypothesis.stateful import run_state_machine_as_test
 from impl.ring import pyring
 from impl.ring.credit import CREDIT_WORD, IMM_POS_MASK, CreditReceiver, CreditSender
 from impl.ring.pyring import copy_in
-from spec import tlc
 from spec.refinement import spec_params
 from tests import ring_machine as rm
-
-try:
-    tlc.find_java()
-    tlc.find_jar()
-    _NO_TLC = ""
-except FileNotFoundError as exc:
-    _NO_TLC = str(exc)
+from tests.gates import needs_tlc
 
 # Derandomized: the same search on every run; no shrinking (see the docstring).
 FIND = settings(max_examples=400, stateful_step_count=40, deadline=None, database=None,
@@ -123,7 +116,7 @@ def test_dropped_credit_batch_is_a_cwire_mismatch() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_NO_TLC), reason=_NO_TLC or "TLC present")
+@needs_tlc
 def test_dropped_batch_passes_the_invariants_but_tlc_rejects_it(
         capsys: pytest.CaptureFixture[str]) -> None:
     """With the model comparison off (compare_model=False: only the spec's

@@ -22,14 +22,9 @@ import zlib
 
 import pytest
 
-import impl.ring as ring_mod
 from impl.ring import Ring
+from tests.gates import BACKENDS
 
-BACKENDS = [
-    "python",
-    pytest.param("c", marks=pytest.mark.skipif(not ring_mod.HAVE_C,
-                                               reason="cffi extension not built")),
-]
 STREAM_BYTES = 256 << 20          # the issue asks for at least 256 MiB per run
 WAIT = 120.0                      # bound on any single wait; only a hang reaches it
 

@@ -20,12 +20,8 @@ import pytest
 
 import impl.ring as ring_mod
 from impl.ring import Ring, RingSnapshot, _core, layout
+from tests.gates import BACKENDS, c_missing, needs_c
 
-BACKENDS = [
-    "python",
-    pytest.param("c", marks=pytest.mark.skipif(not ring_mod.HAVE_C,
-                                               reason="cffi extension not built")),
-]
 ODD_CAPACITIES = [1, 3, 7, 17, 31]
 
 
@@ -244,7 +240,7 @@ def test_random_operations_match_a_reference(backend):
 
 # -- C and Python produce the same memory -----------------------------------------
 
-@pytest.mark.skipif(not ring_mod.HAVE_C, reason="cffi extension not built")
+@needs_c
 def test_c_and_python_leave_identical_memory():
     rng = random.Random(3)
     cap = 23
@@ -570,8 +566,8 @@ def test_ring_close_detaches_everything(backend):
 
 @pytest.mark.parametrize("other", ["python", "c"])
 def test_attach_sees_the_same_ring(backend, other):
-    if other == "c" and not ring_mod.HAVE_C:
-        pytest.skip("cffi extension not built")
+    if other == "c" and (why := c_missing()):
+        pytest.skip(why)
     with Ring.create(11, backend=backend) as ring:
         w = ring.writer()
         w.write(stream(0, 9))

@@ -23,7 +23,6 @@ from hypothesis.stateful import run_state_machine_as_test
 from impl.ring import Ring
 from impl.ring.credit import local_pair
 from spec import ring as model
-from spec import tlc
 from spec.refinement import (
     AppState,
     RefinementError,
@@ -34,15 +33,7 @@ from spec.refinement import (
     stream_bytes,
 )
 from tests import ring_machine as rm
-
-try:
-    tlc.find_java()
-    tlc.find_jar()
-    _NO_TLC = ""
-except FileNotFoundError as exc:
-    _NO_TLC = str(exc)
-
-_NO_C = "" if rm.HAVE_C else "the cffi extension impl.ring._ring_c is not built"
+from tests.gates import c_missing, needs_c, needs_tlc
 
 # Enough to wrap the ring several times and to run out of credit, within
 # about 20 s per machine on two shared cores.  Hypothesis switches rules off
@@ -72,7 +63,7 @@ def _runs_of(machine: type[rm.RingMachine]) -> list[rm.Run]:
 # The machines
 
 
-@pytest.mark.skipif(bool(_NO_C), reason=_NO_C or "C path present")
+@needs_c
 def test_shm_c_ring_refines_ringcredit() -> None:
     assert _run(rm.ShmCMachine)
 
@@ -93,7 +84,7 @@ def _ensure_runs() -> list[rm.Run]:
     a single test id) is run now.
     """
     for machine in MACHINES:
-        if machine is rm.ShmCMachine and _NO_C:
+        if machine is rm.ShmCMachine and c_missing():
             continue
         if not _runs_of(machine):
             _run(machine)
@@ -106,7 +97,7 @@ def test_runs_cover_wraparound_and_credit_requests(capsys: pytest.CaptureFixture
     _ensure_runs()
     lines = []
     for machine in MACHINES:
-        if machine is rm.ShmCMachine and _NO_C:
+        if machine is rm.ShmCMachine and c_missing():
             continue
         runs = _runs_of(machine)
         seen: dict[str, int] = {}
@@ -123,7 +114,7 @@ def test_runs_cover_wraparound_and_credit_requests(capsys: pytest.CaptureFixture
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(_NO_TLC), reason=_NO_TLC or "TLC present")
+@needs_tlc
 def test_all_traces_validate_in_tlc(capsys: pytest.CaptureFixture[str]) -> None:
     """ONE TLC run replays every logged run against RingCredit.tla.
 

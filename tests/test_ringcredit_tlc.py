@@ -14,15 +14,9 @@ import pytest
 
 from spec import tlc
 from spec.configs import CONFIGS, CheckedConfig, by_name, outcome
+from tests.gates import needs_tlc
 
-try:
-    tlc.find_java()
-    tlc.find_jar()
-    _MISSING = ""
-except FileNotFoundError as exc:
-    _MISSING = str(exc)
-
-pytestmark = pytest.mark.skipif(bool(_MISSING), reason=_MISSING or "TLC present")
+pytestmark = needs_tlc
 
 TIMEOUT = 500  # seconds; the small config takes 7-20 s on 2 shared cores
 

@@ -20,19 +20,7 @@ from hypothesis import strategies as st
 
 from spec import tlavalue, tlc
 from spec.tlavalue import ModelValue, normalize, parse, to_tla
-
-
-def _tlc_missing() -> str:
-    """Why TLC cannot run here ('' when it can)."""
-    try:
-        tlc.find_java()
-        tlc.find_jar()
-    except FileNotFoundError as exc:
-        return str(exc)
-    return ""
-
-
-needs_tlc = pytest.mark.skipif(bool(_tlc_missing()), reason=_tlc_missing() or "TLC present")
+from tests.gates import needs_tlc
 
 TIMEOUT = 120  # seconds; a tiny spec takes 1-3 s, this only stops a hang
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from spec import ring
 from spec.tracecheck import Event, TraceResult, check_traces, parse_state, read_dot
+from tests.gates import needs_tlc
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "tla"
 PARAMS = ring.Params(C=8, B=6, MaxLen=5, MaxBytes=1 << 30, K=256, CreditRequest=True)
@@ -27,19 +27,7 @@ TIMEOUT = 300
 SLOW_TIMEOUT = 540  # below pytest-timeout's 600 s, so TLC is stopped cleanly
 
 
-def _missing_tlc() -> str | None:
-    if shutil.which("java") is None:
-        return "java is not on PATH (TLC needs it)"
-    try:
-        from spec.tlc import find_jar
-
-        find_jar()
-    except (ImportError, FileNotFoundError) as exc:
-        return f"TLC is not available: {exc}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing_tlc() is not None, reason=str(_missing_tlc()))
+pytestmark = needs_tlc
 
 
 def walk(p: ring.Params, rng: random.Random, steps: int, transport: str) -> list[Event]:
