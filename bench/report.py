@@ -177,9 +177,11 @@ def _ring_text(results: dict) -> str:
     if ring:
         text += (f" A waiter spins for {ring['spin_ns'] / 1000:g} µs (the ring's default), "
                  f"then calls `sched_yield` up to {ring['yields']} times, then blocks on "
-                 "its eventfd; with both processes on one CPU it does not spin. The spin "
-                 "budget is passed explicitly because the ring's own choice looks at the "
-                 "CPU affinity and would not spin in a process pinned to its own CPU.")
+                 "its eventfd; with both processes on one CPU it does not spin. The budget "
+                 "is passed explicitly so that every run starts with it; the ring's "
+                 "automatic choice (drop the spin only while both ends are pinned to the "
+                 "same CPU) arrives at the same values once both ends have published "
+                 "their CPUs.")
     return text
 
 

@@ -190,9 +190,9 @@ def _ring_opener(ring_cls: type, backend: str, spin_ns: int) -> Callable[[bool],
     """Return an opener for two rings of *backend*, one per direction."""
 
     def open_rings(same_cpu: bool = False) -> Channel:
-        # The spin budget is explicit: the ring's own default looks at the
-        # CPU affinity, and a process pinned to its own CPU (while the peer
-        # runs on another) would be taken for one sharing a single CPU.
+        # The spin budget is explicit so that every run starts with it; the
+        # ring's automatic choice settles on the same values, but only after
+        # both ends have published their CPUs and waited once.
         spin = 0 if same_cpu else spin_ns
         down = ring_cls.create(RING_CAPACITY, backend=backend, spin_ns=spin)
         up = ring_cls.create(RING_CAPACITY, backend=backend, spin_ns=spin)

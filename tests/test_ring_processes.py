@@ -377,4 +377,6 @@ def stream_through_sleepy(backend: str) -> None:
             raise
         got = child.result()
     assert got == {"bytes": total, "crc": zlib.crc32(data)}
-    assert sleeps() > 1000, "the writer hardly ever slept: the test tests nothing"
+    # How often the writer sleeps depends on scheduling (700 to several
+    # thousand times here); the bound only proves the sleep path was taken.
+    assert sleeps() > 100, "the writer hardly ever slept: the test tests nothing"

@@ -24,8 +24,9 @@ Waiting (``send_all``, ``recv_into``): spin for ``spin_ns`` nanoseconds
 (default :data:`SPIN_NS`), then call ``os.sched_yield()`` up to ``yields``
 times (default :data:`YIELDS`), then publish the sleeping flag and block on
 the eventfd.  The peer writes the eventfd only when it sees that flag, so a
-busy stream makes no system calls.  An endpoint created while the process
-may run on only one CPU skips the spin (the peer cannot run while we spin).
+busy stream makes no system calls.  Without an explicit budget, a waiter
+skips the spin while both ends are pinned to the same CPU (each end publishes
+its CPU in the header): the peer cannot run while we spin.
 """
 
 from __future__ import annotations
@@ -227,11 +228,10 @@ class Ring:
 
     # -- endpoints --------------------------------------------------------------
     def _endpoint_args(self, wait_efd: int, signal_efd: int) -> tuple:
+        # No explicit budget: SPIN_NS, dropped while both ends share one CPU
+        # (see _Endpoint._choose_spin).
         spin = self._spin_ns
-        if spin is None:
-            # On one CPU the peer cannot run while we spin: go straight to yielding.
-            spin = 0 if len(os.sched_getaffinity(0)) == 1 else SPIN_NS
-        return (wait_efd, signal_efd, spin, self._yields)
+        return (wait_efd, signal_efd, SPIN_NS if spin is None else spin, self._yields)
 
     def writer(self) -> RingWriter:
         """Return this ring's writing endpoint (created on the first call)."""
@@ -239,7 +239,8 @@ class Ring:
         if self._writer is None:
             cls = _cring.CRingWriter if self.backend == "c" else PyRingWriter
             self._writer = cls(self, *self._endpoint_args(self._fds.space_efd,
-                                                          self._fds.data_efd))
+                                                          self._fds.data_efd),
+                               auto_spin=self._spin_ns is None)
         return self._writer
 
     def reader(self) -> RingReader:
@@ -248,7 +249,8 @@ class Ring:
         if self._reader is None:
             cls = _cring.CRingReader if self.backend == "c" else PyRingReader
             self._reader = cls(self, *self._endpoint_args(self._fds.data_efd,
-                                                          self._fds.space_efd))
+                                                          self._fds.space_efd),
+                               auto_spin=self._spin_ns is None)
         return self._reader
 
     # -- inspection --------------------------------------------------------------

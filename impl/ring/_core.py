@@ -104,6 +104,16 @@ def closed_error(what: str) -> OSError:
     return OSError(errno.EBADF, f"{what} is closed")
 
 
+# The machine has one CPU: a spinning waiter can only ever delay its peer.
+_ONE_CPU = (os.cpu_count() or 1) == 1
+
+
+def pinned_cpu() -> int:
+    """Return 1 + the only CPU this process may run on, or 0 if it may run on several."""
+    cpus = os.sched_getaffinity(0)
+    return min(cpus) + 1 if len(cpus) == 1 else 0
+
+
 def check_timeout(timeout: float | None) -> None:
     """Raise ValueError unless *timeout* is None (wait forever) or >= 0 seconds."""
     if timeout is not None and not timeout >= 0:  # "not >=" also rejects NaN
@@ -116,16 +126,22 @@ class _Endpoint:
     _kind = "ring endpoint"
     _my_flag = 0        # header word of this side's sleeping flag
     _closed_flag = 0    # header word this side sets on close
+    _my_cpu = 0         # header word where this side says which CPU it is pinned to
+    _peer_cpu = 0       # the same word of the other side
 
     def __init__(self, ring: Ring, wait_efd: int, signal_efd: int,
-                 spin_ns: int, yields: int) -> None:
+                 spin_ns: int, yields: int, *, auto_spin: bool = False) -> None:
         self._ring = ring
         self._cap = ring.capacity
         self._q = ring._q           # header words; None once closed
         self._wait_efd = wait_efd
         self._signal_efd = signal_efd
-        self._spin_ns = spin_ns
+        self._spin_default = spin_ns
+        self._auto_spin = auto_spin
         self._yields = yields
+        if auto_spin:  # a plain store: the word is advice, read only by _choose_spin
+            self._q[self._my_cpu] = pinned_cpu()
+        self._spin_ns = self._choose_spin()
         self._poller = select.poll()
         self._poller.register(wait_efd, select.POLLIN)
         self._closed = False
@@ -190,6 +206,31 @@ class _Endpoint:
         if q is not None:
             self._store_flag(self._my_flag, 0)
 
+    def _choose_spin(self) -> int:
+        """The spin budget for the next wait.
+
+        Spinning pays only while the peer runs on another CPU; on the same
+        CPU it just delays the peer, which needs our CPU to answer.  So an
+        automatic budget is dropped when both ends are pinned to one and the
+        same CPU (each end publishes its CPU in the header when created) or
+        the machine has one CPU.  A process pinned alone to its own CPU, the
+        usual set-up for low latency, keeps spinning.  Only header loads: it
+        is re-evaluated on every slow-path wait, so a peer created or pinned
+        later is noticed.
+        """
+        if not self._auto_spin:
+            return self._spin_default
+        q = self._q
+        mine = q[self._my_cpu] if q is not None else 0
+        if _ONE_CPU or (mine and q[self._peer_cpu] == mine):
+            return 0
+        return self._spin_default
+
+    @property
+    def spin_ns(self) -> int:
+        """The spin budget, in nanoseconds, that this endpoint's next wait starts with."""
+        return self._spin_ns
+
     def _first_spin(self, timeout: float | None) -> int:
         """Spin budget for a blocking call's first attempt (0 if the timeout is shorter)."""
         spin = self._spin_ns
@@ -205,6 +246,8 @@ class _Endpoint:
         re-checks after a full fence (ring.h).
         """
         op = self._op
+        if self._auto_spin:
+            self._spin_ns = self._choose_spin()
         if not spun:
             spin = self._spin_ns
             if deadline is not None:
@@ -278,6 +321,8 @@ class RingWriter(_Endpoint):
     _kind = "ring writer"
     _my_flag = layout.word(layout.OFF_WRITER_SLEEPING)
     _closed_flag = layout.word(layout.OFF_CLOSED_WR)
+    _my_cpu = layout.word(layout.OFF_WRITER_CPU)
+    _peer_cpu = layout.word(layout.OFF_READER_CPU)
 
     def _source(self, data):
         """Return (buffer for _op, its length in bytes)."""
@@ -351,6 +396,8 @@ class RingReader(_Endpoint):
     _kind = "ring reader"
     _my_flag = layout.word(layout.OFF_READER_SLEEPING)
     _closed_flag = layout.word(layout.OFF_CLOSED_RD)
+    _my_cpu = layout.word(layout.OFF_READER_CPU)
+    _peer_cpu = layout.word(layout.OFF_WRITER_CPU)
 
     def _target(self, buf):
         """Return (writable buffer for _op, its length in bytes)."""

@@ -71,8 +71,8 @@ class _COps:
 class CRingWriter(_COps, _core.RingWriter):
     """RingWriter over the C path."""
 
-    def __init__(self, ring, *args) -> None:
-        super().__init__(ring, *args)
+    def __init__(self, ring, *args, **kwargs) -> None:
+        super().__init__(ring, *args, **kwargs)
         self._setup_c(ring)
         self._cw = lib.sd_ring_write
 
@@ -116,8 +116,8 @@ class CRingWriter(_COps, _core.RingWriter):
 class CRingReader(_COps, _core.RingReader):
     """RingReader over the C path."""
 
-    def __init__(self, ring, *args) -> None:
-        super().__init__(ring, *args)
+    def __init__(self, ring, *args, **kwargs) -> None:
+        super().__init__(ring, *args, **kwargs)
         self._setup_c(ring)
         self._cr = lib.sd_ring_read
 

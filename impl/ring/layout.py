@@ -37,8 +37,8 @@ from __future__ import annotations
 __all__ = [
     "MAGIC", "VERSION", "MIN_CAPACITY", "MAX_CAPACITY",
     "OFF_MAGIC", "OFF_VERSION", "OFF_CAPACITY", "OFF_DATA_OFF",
-    "OFF_TAIL", "OFF_WRITER_SLEEPING", "OFF_CLOSED_WR",
-    "OFF_HEAD", "OFF_READER_SLEEPING", "OFF_CLOSED_RD",
+    "OFF_TAIL", "OFF_WRITER_SLEEPING", "OFF_CLOSED_WR", "OFF_WRITER_CPU",
+    "OFF_HEAD", "OFF_READER_SLEEPING", "OFF_CLOSED_RD", "OFF_READER_CPU",
     "HEADER_SIZE", "DATA_OFF", "FIELDS",
     "check_capacity", "map_size", "word",
 ]
@@ -46,7 +46,7 @@ __all__ = [
 #: "sdring\\0\\1" read as a little-endian word: marks a mapping as a ring.
 MAGIC = int.from_bytes(b"sdring\x00\x01", "little")
 #: Bumped on any change to this file's offsets or the meaning of a field.
-VERSION = 1
+VERSION = 2
 
 # Capacity bounds.  One byte is allowed on purpose: the spec's model checks
 # use rings of 4 to 8 bytes and the implementation must run those too.  The
@@ -64,11 +64,13 @@ OFF_DATA_OFF = 24
 OFF_TAIL = 128              # stream position the writer has published up to
 OFF_WRITER_SLEEPING = 136   # 1: the writer waits on space_efd for space
 OFF_CLOSED_WR = 144         # 1: the writer closed; the reader sees EOF once drained
+OFF_WRITER_CPU = 152        # 1 + the one CPU the writer may run on; 0: not pinned to one
 
 # The reader's line.
 OFF_HEAD = 256              # stream position the reader has consumed up to
 OFF_READER_SLEEPING = 264   # 1: the reader waits on data_efd for data
 OFF_CLOSED_RD = 272         # 1: the reader closed; writes fail with EPIPE
+OFF_READER_CPU = 280        # 1 + the one CPU the reader may run on; 0: not pinned to one
 
 HEADER_SIZE = 384
 
@@ -89,7 +91,9 @@ FIELDS = {
     "magic": OFF_MAGIC, "version": OFF_VERSION, "capacity": OFF_CAPACITY,
     "data_off": OFF_DATA_OFF,
     "tail": OFF_TAIL, "writer_sleeping": OFF_WRITER_SLEEPING, "closed_wr": OFF_CLOSED_WR,
+    "writer_cpu": OFF_WRITER_CPU,
     "head": OFF_HEAD, "reader_sleeping": OFF_READER_SLEEPING, "closed_rd": OFF_CLOSED_RD,
+    "reader_cpu": OFF_READER_CPU,
 }
 
 assert HEADER_SIZE <= DATA_OFF and DATA_OFF % 64 == 0

@@ -197,8 +197,8 @@ class PyRingWriter(_PyOps, _core.RingWriter):
     _spin_word = _W_HEAD
     _spin_closed = _W_CLOSED_RD
 
-    def __init__(self, ring, *args) -> None:
-        super().__init__(ring, *args)
+    def __init__(self, ring, *args, **kwargs) -> None:
+        super().__init__(ring, *args, **kwargs)
         self._setup_py(ring)
 
     def _source(self, data):
@@ -240,8 +240,8 @@ class PyRingReader(_PyOps, _core.RingReader):
     _spin_word = _W_TAIL
     _spin_closed = _W_CLOSED_WR
 
-    def __init__(self, ring, *args) -> None:
-        super().__init__(ring, *args)
+    def __init__(self, ring, *args, **kwargs) -> None:
+        super().__init__(ring, *args, **kwargs)
         self._setup_py(ring)
 
     def _target(self, buf):
