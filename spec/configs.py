@@ -92,6 +92,18 @@ CONFIGS: tuple[CheckedConfig, ...] = (
         TLA_DIR, "MCRingCredit", "MCRingCreditBad.cfg", "deadlock", True,
         "RingCredit without the credit request: the credit deadlock",
     ),
+    CheckedConfig(
+        TLA_DIR, "MCRingWakeup", "MCRingWakeup.cfg", "ok", True,
+        "RingWakeup on x86-TSO: both fences and the re-check, no lost wake-up",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCRingWakeup", "MCRingWakeupNoFence.cfg", "invariant", True,
+        "RingWakeup without the fences: the lost wake-up (NoLostWakeup)",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCRingWakeup", "MCRingWakeupNoRecheck.cfg", "invariant", True,
+        "RingWakeup without the reader's re-check: the lost wake-up (NoLostWakeup)",
+    ),
 )
 
 
