@@ -199,7 +199,7 @@ class _Endpoint:
 
     def _signal(self) -> None:
         """Wake the peer: it published its sleeping flag and we cleared it."""
-        os.eventfd_write(self._signal_efd, 1)
+        os.eventfd_write(self._signal_efd, 1)  # RingWakeup!Signal
 
     def _disarm(self) -> None:
         q = self._q
@@ -278,7 +278,7 @@ class _Endpoint:
                     if r:
                         return r
                     raise TimeoutError(errno.ETIMEDOUT, f"{self._kind} timed out")
-            if ready:
+            if ready:  # RingWakeup!Wake: drain the eventfd, then retry
                 try:  # non-blocking: a spurious wake-up finds it empty
                     os.eventfd_read(self._wait_efd)
                 except BlockingIOError:

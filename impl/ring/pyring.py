@@ -179,9 +179,9 @@ class _PyOps:
                 return r
         if flags & ARM:
             flag = self._my_flag
-            q[flag] = 1
-            self._fence()  # Dekker: publish the flag before re-checking
-            r = self._try(q, buf, off, n, flags)
+            q[flag] = 1    # RingWakeup!Arm
+            self._fence()  # RingWakeup!ReaderFence: publish the flag before re-checking
+            r = self._try(q, buf, off, n, flags)  # RingWakeup!RecheckTail
             if r:
                 q[flag] = 0
         return r
@@ -227,8 +227,10 @@ class PyRingWriter(_PyOps, _core.RingWriter):
             return 0
         _copy_in(self._mem, _DATA_OFF, cap, tail, src[off:off + k])
         q[_W_TAIL] = tail + k      # after the bytes: x86 keeps stores in order
-        self._fence()              # Dekker: the tail store before the flag load
-        if q[_W_READER_SLEEPING]:
+        self._fence()              # RingWakeup!WriterFence: tail store before flag load
+        if q[_W_READER_SLEEPING]:  # RingWakeup!LoadFlag
+            # RingWakeup!ClearFlag, as a plain store, not an exchange: at worst
+            # one spurious wake-up (docs/formal.md), never a lost one.
             q[_W_READER_SLEEPING] = 0
             return (k << 1) | 1
         return k << 1

@@ -154,10 +154,10 @@ static inline void sd_copy_out(const char *data, uint64_t cap, uint64_t pos, cha
 static inline int sd_take_sleeper(char *b, uint64_t flag_off)
 {
     uint64_t *flag = SD_WORD(b, flag_off);
-    SD_FENCE();  /* Dekker: order our position store before the flag load */
-    if (!SD_LOAD(flag, __ATOMIC_RELAXED))
+    SD_FENCE();  /* RingWakeup!WriterFence: our position store before the flag load */
+    if (!SD_LOAD(flag, __ATOMIC_RELAXED))  /* RingWakeup!LoadFlag */
         return 0;
-    return __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST) != 0;
+    return __atomic_exchange_n(flag, 0, __ATOMIC_SEQ_CST) != 0;  /* RingWakeup!ClearFlag */
 }
 
 /* One attempt to write; RingCredit!Write for min(len, free) bytes. */
@@ -284,9 +284,9 @@ int64_t sd_ring_read(struct sd_ring *r, char *dst, uint64_t off, uint64_t len,
     }
     if (flags & SD_ARM) {
         uint64_t *flag = SD_WORD(b, SD_OFF_READER_SLEEPING);
-        SD_STORE(flag, 1, __ATOMIC_RELAXED);
-        SD_FENCE();  /* Dekker: publish the flag before re-checking tail */
-        res = sd_try_read(b, cap, dst, len, peek);
+        SD_STORE(flag, 1, __ATOMIC_RELAXED);           /* RingWakeup!Arm */
+        SD_FENCE();  /* RingWakeup!ReaderFence: the flag before re-checking tail */
+        res = sd_try_read(b, cap, dst, len, peek);     /* RingWakeup!RecheckTail */
         if (res != 0)
             SD_STORE(flag, 0, __ATOMIC_RELAXED);
     }
