@@ -1,7 +1,37 @@
 """socksdirect: a user-space socket system after SocksDirect (SIGCOMM 2019).
 
-The per-socket ring is in :mod:`impl.ring`; tokens and fork semantics will
-live in :mod:`impl.token` and :mod:`impl.fork`.
+``import impl`` and use it like the :mod:`socket` module::
+
+    import impl
+    srv = impl.create_server(("127.0.0.1", 0))
+    cli = impl.create_connection(srv.getsockname())   # over shared memory
+    conn, addr = srv.accept()
+
+:class:`impl.socket` is a :class:`socket.socket`; every constant, exception
+and helper of the socket module is re-exported here, so ``import impl as
+socket`` works.  Connections between processes of this host run over
+shared-memory rings (:mod:`impl.ring`) set up by the monitor
+(:mod:`impl.monitor`); anything else is a kernel socket.  Tokens and fork
+semantics will live in :mod:`impl.token` and :mod:`impl.fork`.
 """
 
+import socket as _socket
+
+from impl.sdsocket import create_connection, create_server, socket, socketpair, transport_of
+
 __version__ = "0.1.0"
+
+
+def _reexport() -> list[str]:
+    names = []
+    for name in dir(_socket):
+        if name.startswith("_") or name in globals() or name in ("socket", "SocketType"):
+            continue
+        globals()[name] = getattr(_socket, name)
+        names.append(name)
+    return names
+
+
+SocketType = socket
+__all__ = ["socket", "SocketType", "socketpair", "create_connection", "create_server",
+           "transport_of", *_reexport()]

@@ -237,7 +237,7 @@ class _Endpoint:
         return spin if timeout is None or timeout * 1e9 >= spin else 0
 
     def _block(self, buf, off: int, n: int, deadline: float | None,
-               spun: bool = False) -> int:
+               spun: bool = False, flags: int = 0) -> int:
         """Repeat the operation until it does something: spin, yield, then sleep.
 
         Returns the first non-zero result (bytes moved, EOF or an error code).
@@ -252,19 +252,19 @@ class _Endpoint:
             spin = self._spin_ns
             if deadline is not None:
                 spin = min(spin, max(0, int((deadline - time.monotonic()) * 1e9)))
-            r = op(buf, off, n, 0, spin)
+            r = op(buf, off, n, flags, spin)
             if r:
                 return r
         for _ in range(self._yields):
             if deadline is not None and time.monotonic() >= deadline:
                 break
             os.sched_yield()
-            r = op(buf, off, n, 0, 0)
+            r = op(buf, off, n, flags, 0)
             if r:
                 return r
         poll = self._poller.poll
         while True:
-            r = op(buf, off, n, ARM, 0)
+            r = op(buf, off, n, flags | ARM, 0)
             if r:
                 return r
             if deadline is None:
@@ -274,7 +274,7 @@ class _Endpoint:
                 ready = poll(max(0, math.ceil(left * 1000))) if left > 0 else []
                 if not ready and time.monotonic() >= deadline:
                     self._disarm()
-                    r = op(buf, off, n, 0, 0)  # a last look: it may have come just now
+                    r = op(buf, off, n, flags, 0)  # a last look: it may have come just now
                     if r:
                         return r
                     raise TimeoutError(errno.ETIMEDOUT, f"{self._kind} timed out")
@@ -422,19 +422,21 @@ class RingReader(_Endpoint):
             return self._finish(r)
         return r >> 2
 
-    def recv_into(self, buf, timeout: float | None = None) -> int:
+    def recv_into(self, buf, timeout: float | None = None, *, peek: bool = False) -> int:
         """Wait until at least one byte is available, then read like read_into.
 
         Returns 0 only at EOF (the writer closed and everything was read) or
         for an empty *buf*.  Raises TimeoutError after *timeout* seconds.
+        With *peek* the bytes stay in the ring.
         """
         check_timeout(timeout)
         dst, n = self._target(buf)
         spin = self._first_spin(timeout)
-        r = self._op(dst, 0, n, 0, spin)  # RingCredit!Recv; spins in the same call
+        flags = PEEK if peek else 0
+        r = self._op(dst, 0, n, flags, spin)  # RingCredit!Recv; spins in the same call
         if r == 0 and n:
             r = self._block(dst, 0, n, None if timeout is None else time.monotonic() + timeout,
-                            spun=spin > 0)
+                            spun=spin > 0, flags=flags)
         if r & 1:
             return self._finish(r)
         return r >> 2
@@ -465,6 +467,42 @@ class RingReader(_Endpoint):
     def head(self) -> int:
         """Stream position consumed up to (RingCredit's ``head``)."""
         return self._positions()[0]
+
+    def settle(self) -> bool:
+        """Make ``data_efd`` readable exactly when a read would not block; return which.
+
+        For a descriptor that others poll (a socket's ``fileno()``): after
+        this, the eventfd is set if bytes or EOF wait, and otherwise the
+        sleeping flag is published so that the writer's next write sets it.
+        It is the sleep handshake of RingWakeup without the sleep, so the
+        same fence argument rules out a lost signal.  Costs nothing while the
+        flag is still published (no write came since the last call); else one
+        eventfd read, and one write if data came meanwhile.  A wake-up may be
+        spurious (a write seen before its signal lands), never missing.
+        """
+        q = self._words()
+        if q[self._my_flag]:
+            return False  # still armed: the writer has not signalled since
+        if q[_W_TAIL] != q[_W_HEAD] or q[self._closed_flag_peer]:
+            return True   # readable, and the writer's signal set the eventfd
+        try:
+            os.eventfd_read(self._wait_efd)  # RingWakeup!Wake
+        except BlockingIOError:
+            pass
+        r = self._op(self._one, 0, 1, ARM | PEEK, 0)  # RingWakeup!Arm .. RecheckTail
+        if r:
+            # Data or EOF came in between: the flag was withdrawn, so nobody
+            # else will set the eventfd.  Set it ourselves.
+            os.eventfd_write(self._wait_efd, 1)
+            return True
+        return False
+
+    @property
+    def _one(self):
+        buf = self.__dict__.get("_one_buf")
+        if buf is None:
+            buf = self._one_buf = self._target(bytearray(1))[0]
+        return buf
 
     @property
     def eof(self) -> bool:

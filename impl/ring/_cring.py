@@ -143,7 +143,8 @@ class CRingReader(_COps, _core.RingReader):
             return self._finish(r)
         return r >> 2
 
-    def recv_into(self, buf, timeout: float | None = None) -> int:  # the hot path
+    def recv_into(self, buf, timeout: float | None = None, *,
+                  peek: bool = False) -> int:  # the hot path
         """Wait for at least one byte, then read; see RingReader.recv_into."""
         if timeout is not None:
             _core.check_timeout(timeout)
@@ -155,10 +156,11 @@ class CRingReader(_COps, _core.RingReader):
         # Spin (if at all) inside this first call: a reply that is on its
         # way is then seen without another trip through Python.
         spin = self._spin_ns if timeout is None else self._first_spin(timeout)
-        r = self._cr(self._p, dst, 0, n, 0, spin)  # RingCredit!Recv
+        flags = 1 if peek else 0  # SD_PEEK
+        r = self._cr(self._p, dst, 0, n, flags, spin)  # RingCredit!Recv
         if r == 0 and n:
             r = self._block(dst, 0, n, None if timeout is None else time.monotonic() + timeout,
-                            spun=spin > 0)
+                            spun=spin > 0, flags=flags)
         if r & 1:
             return self._finish(r)
         return r >> 2

@@ -1,0 +1,267 @@
+"""The control protocol between the library and the monitor: the one place that defines it.
+
+Transport: a Unix ``SOCK_SEQPACKET`` socket.  Each packet is one message,
+so framing is the kernel's and descriptors (``SCM_RIGHTS``) arrive with the
+message they belong to::
+
+    offset 0   2    3     4         8
+           +---+----+-----+---------+----------------------------+
+           | "SD"   | ver | op      | length  | body: UTF-8 JSON object   |
+           +---+----+-----+---------+----------------------------+
+           magic: b"SD"; ver: VERSION; op: one of OPS; length: u32 LE = len(body)
+
+The body is a JSON object whose fields each op defines in :data:`SCHEMAS`.
+A packet that does not parse -- short, truncated, oversized, wrong magic or
+version, unknown op, a length that disagrees with the packet, invalid JSON,
+a missing or mistyped field, descriptors where none belong or too few where
+some do -- raises :class:`ProtocolError`, and the descriptors that came with
+it are closed, so a bad message can never leak descriptors into the
+receiver.  The monitor answers a ProtocolError with an ``ERROR`` message
+(and closes the channel when the frame itself was bad); it never changes
+state for a message it rejected.
+
+Ops and who sends them (request -> reply; "->" one-way):
+
+=============  =========================  ======================================
+op             sender, channel            meaning
+=============  =========================  ======================================
+HELLO          library, any               first message: protocol version -> OK
+CONNECT        library, process channel   set up a connection; fds: the client's
+                                          kernel socket (its bound local address)
+                                          -> OK {route} (+6 ring fds if "ring")
+LISTEN         library, listener channel  register a listener; fds: the kernel
+                                          listening socket -> OK; the channel
+                                          then carries NEWCONN pushes
+NEWCONN        monitor, listener channel  -> a connection to accept (+6 ring fds)
+ACCEPTED       library, listener channel  -> the listener took connection ``id``
+CLOSE          library, process channel   -> this process closed connection ``id``
+PING           anyone                     -> OK (orders: earlier one-way messages
+                                          on the same channel are processed)
+STATUS, STATS  ctl                        -> OK {tables and counters}
+RELOAD, STOP   ctl                        -> OK (re-read the ACL; shut down)
+OK, ERROR      monitor                    replies; ERROR {errno, message}
+=============  =========================  ======================================
+
+Ring descriptors travel in the order of :data:`RING_FDS`: the ring this end
+writes (memfd, data eventfd, space eventfd), then the ring it reads.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAGIC", "VERSION", "HEADER", "MAX_BODY", "MAX_FDS", "RING_FDS", "OPS", "OP_NAMES",
+    "HELLO", "CONNECT", "LISTEN", "NEWCONN", "ACCEPTED", "CLOSE", "PING", "STATUS",
+    "STATS", "RELOAD", "STOP", "OK", "ERROR", "SCHEMAS", "FD_COUNTS",
+    "FAMILIES", "Message", "ProtocolError", "encode", "decode", "send_msg", "recv_msg",
+    "error_body", "errno_name",
+]
+
+MAGIC = b"SD"
+#: Bumped on any incompatible change to this file.
+VERSION = 1
+HEADER = struct.Struct("<2sBBI")
+#: Largest body accepted; STATUS replies of big tables are the largest messages.
+MAX_BODY = 1 << 20
+#: Most descriptors one message may carry (6 ring fds is the most we send).
+MAX_FDS = 8
+#: The six descriptors of a connection, in the order they travel.
+RING_FDS = ("tx_memfd", "tx_data_efd", "tx_space_efd", "rx_memfd", "rx_data_efd",
+            "rx_space_efd")
+
+HELLO, CONNECT, LISTEN, NEWCONN, ACCEPTED, CLOSE, PING = 1, 2, 3, 4, 5, 6, 7
+STATUS, STATS, RELOAD, STOP = 8, 9, 10, 11
+OK, ERROR = 20, 21
+
+OP_NAMES = {HELLO: "HELLO", CONNECT: "CONNECT", LISTEN: "LISTEN", NEWCONN: "NEWCONN",
+            ACCEPTED: "ACCEPTED", CLOSE: "CLOSE", PING: "PING", STATUS: "STATUS",
+            STATS: "STATS", RELOAD: "RELOAD", STOP: "STOP", OK: "OK", ERROR: "ERROR"}
+OPS = frozenset(OP_NAMES)
+
+_INT = (int,)
+_STR = (str,)
+_ADDR = (list,)          # [host, port] for inet/inet6, [path] for unix
+_OPT_ADDR = (list, type(None))
+_OBJ = (dict,)
+
+#: op -> {field: allowed JSON types}; every listed field is required, others are refused.
+SCHEMAS: dict[int, dict[str, tuple[type, ...]]] = {
+    HELLO: {"version": _INT, "role": _STR},
+    CONNECT: {"family": _STR, "address": _ADDR, "rcvbuf": _INT, "sndbuf": _INT},
+    LISTEN: {"family": _STR, "backlog": _INT, "rcvbuf": _INT, "sndbuf": _INT},
+    NEWCONN: {"id": _INT, "family": _STR, "peer": _OPT_ADDR, "local": _ADDR},
+    ACCEPTED: {"id": _INT},
+    CLOSE: {"id": _INT},
+    PING: {},
+    STATUS: {},
+    STATS: {},
+    RELOAD: {},
+    STOP: {},
+    OK: {},        # free-form: replies carry what their request asks for
+    ERROR: {"errno": _INT, "message": _STR},
+}
+_OPEN_SCHEMA = frozenset({OK})
+
+#: op -> allowed descriptor counts.
+FD_COUNTS: dict[int, frozenset[int]] = {op: frozenset({0}) for op in OPS}
+FD_COUNTS[CONNECT] = frozenset({1})
+FD_COUNTS[LISTEN] = frozenset({1})
+FD_COUNTS[NEWCONN] = frozenset({len(RING_FDS)})
+FD_COUNTS[OK] = frozenset({0, len(RING_FDS)})
+
+FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
+
+
+class ProtocolError(ValueError):
+    """A control message that does not follow this protocol.
+
+    ``fatal`` is True when the frame itself was bad (the channel can no
+    longer be trusted to speak this protocol) and False when only a field
+    was wrong.
+    """
+
+    def __init__(self, message: str, *, fatal: bool = True) -> None:
+        super().__init__(message)
+        self.fatal = fatal
+
+
+@dataclass
+class Message:
+    """One decoded message: its op, JSON body and the descriptors it carried.
+
+    The receiver owns ``fds`` and must close them (or hand them on).
+    """
+
+    op: int
+    body: dict[str, Any] = field(default_factory=dict)
+    fds: list[int] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The op's name, for logs."""
+        return OP_NAMES.get(self.op, f"op{self.op}")
+
+    def close_fds(self) -> None:
+        """Close every descriptor this message still holds."""
+        _close(self.fds)
+        self.fds = []
+
+
+def _close(fds: Sequence[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def error_body(code: int, message: str) -> dict[str, Any]:
+    """The body of an ERROR reply for errno *code*."""
+    return {"errno": code, "message": message}
+
+
+def encode(op: int, body: dict[str, Any] | None = None) -> bytes:
+    """Return the packet for *op* with *body* (checked against its schema)."""
+    body = {} if body is None else body
+    _check_body(op, body)
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > MAX_BODY:
+        raise ProtocolError(f"{OP_NAMES[op]} body of {len(data)} bytes exceeds {MAX_BODY}")
+    return HEADER.pack(MAGIC, VERSION, op, len(data)) + data
+
+
+def _check_body(op: int, body: Any) -> None:
+    if op not in OPS:
+        raise ProtocolError(f"unknown op {op}")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"{OP_NAMES[op]} body must be a JSON object", fatal=False)
+    if op in _OPEN_SCHEMA:
+        return
+    schema = SCHEMAS[op]
+    for name, types in schema.items():
+        if name not in body:
+            raise ProtocolError(f"{OP_NAMES[op]} lacks field {name!r}", fatal=False)
+        value = body[name]
+        # bool is an int in Python, never in this protocol.
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            want = "/".join(t.__name__ for t in types)
+            raise ProtocolError(f"{OP_NAMES[op]} field {name!r} must be {want}, "
+                                f"got {type(value).__name__}", fatal=False)
+    extra = set(body) - set(schema)
+    if extra:
+        raise ProtocolError(f"{OP_NAMES[op]} has unknown fields {sorted(extra)}", fatal=False)
+
+
+def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Message:
+    """Parse one received packet and its descriptors into a Message.
+
+    Raises ProtocolError (and closes *fds*) for anything that is not a
+    well-formed message of this protocol version.
+    """
+    fds = list(fds)
+    try:
+        if msg_flags & socket.MSG_TRUNC:
+            raise ProtocolError(f"message longer than {HEADER.size + MAX_BODY} bytes")
+        if msg_flags & socket.MSG_CTRUNC:
+            raise ProtocolError(f"more than {MAX_FDS} descriptors attached")
+        if len(packet) < HEADER.size:
+            raise ProtocolError(f"truncated header: {len(packet)} of {HEADER.size} bytes")
+        magic, version, op, length = HEADER.unpack_from(packet)
+        if magic != MAGIC:
+            raise ProtocolError(f"bad magic {magic!r}, expected {MAGIC!r}")
+        if version != VERSION:
+            raise ProtocolError(f"protocol version {version}, this monitor speaks {VERSION}")
+        if op not in OPS:
+            raise ProtocolError(f"unknown op {op}")
+        if length > MAX_BODY:
+            raise ProtocolError(f"body length {length} exceeds {MAX_BODY}")
+        if length != len(packet) - HEADER.size:
+            raise ProtocolError(f"length field says {length} bytes, "
+                                f"packet holds {len(packet) - HEADER.size}")
+        try:
+            body = json.loads(packet[HEADER.size:].decode())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"{OP_NAMES[op]} body is not JSON: {exc}", fatal=False) from None
+        _check_body(op, body)
+        if len(fds) not in FD_COUNTS[op]:
+            raise ProtocolError(f"{OP_NAMES[op]} carries {len(fds)} descriptors, expected "
+                                f"{' or '.join(map(str, sorted(FD_COUNTS[op])))}", fatal=False)
+    except BaseException:
+        _close(fds)
+        raise
+    return Message(op, body, fds)
+
+
+def send_msg(sock: socket.socket, op: int, body: dict[str, Any] | None = None,
+             fds: Sequence[int] = ()) -> None:
+    """Send one message; *fds* are duplicated into the receiver, ours stay open."""
+    data = encode(op, body)
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def recv_msg(sock: socket.socket) -> Message | None:
+    """Receive and decode one message; None at EOF (the peer closed).
+
+    Raises ProtocolError for a malformed message, OSError from the socket.
+    """
+    data, fds, flags, _ = socket.recv_fds(sock, HEADER.size + MAX_BODY, MAX_FDS,
+                                          socket.MSG_CMSG_CLOEXEC)
+    if not data and not fds:
+        return None
+    return decode(data, fds, flags)
+
+
+def errno_name(code: int) -> str:
+    """Return 'ECONNREFUSED' for errno.ECONNREFUSED, for messages."""
+    return errno.errorcode.get(code, str(code))
