@@ -31,6 +31,7 @@ import os
 import select
 import socket as _stdsocket
 import threading
+import weakref
 from socket import (
     AF_INET,
     AF_INET6,
@@ -49,7 +50,8 @@ from impl.monitor import client as _client
 from impl.monitor import protocol as P
 from impl.ring import Ring, RingFds
 
-__all__ = ["socket", "socketpair", "create_connection", "create_server", "transport_of"]
+__all__ = ["socket", "socketpair", "create_connection", "create_server", "transport_of",
+           "socket_for_fd"]
 
 _RING_FAMILIES = {AF_INET: "inet", AF_INET6: "inet6", AF_UNIX: "unix"}
 _SOCK_TYPE_MASK = ~(_stdsocket.SOCK_NONBLOCK | _stdsocket.SOCK_CLOEXEC)
@@ -67,6 +69,17 @@ _BOOL_OPTS = {
 }
 _UNSET = object()
 _detached: dict[int, _RingConn] = {}   # fd -> connection, for socket(fileno=fd) after detach()
+# fd -> the open ring or listener socket on it, for selectors given bare descriptors
+# (asyncio registers sock.fileno(), not the socket).
+_by_fd: weakref.WeakValueDictionary[int, socket] = weakref.WeakValueDictionary()
+
+
+def socket_for_fd(fd: int) -> socket | None:
+    """The open ring or listener :class:`socket` whose descriptor is *fd*, if any."""
+    sock = _by_fd.get(fd)
+    if sock is None or sock._closed or (sock._conn is None and sock._lst is None):
+        return None
+    return sock
 
 
 def _timeout_value(value) -> float | None:
@@ -220,6 +233,7 @@ class socket(_stdsocket.socket):
         self._lst = None
         self._rtimeout = _stdsocket.getdefaulttimeout()
         self._bufs = {}
+        _by_fd[_stdsocket.socket.fileno(self)] = self
 
     @classmethod
     def _from_conn(cls, conn: _RingConn) -> socket:
@@ -300,6 +314,9 @@ class socket(_stdsocket.socket):
 
     def _real_close(self, _ss=_stdsocket.socket) -> None:
         conn, lst = self._conn, self._lst
+        fd = _stdsocket.socket.fileno(self)
+        if _by_fd.get(fd) is self:
+            del _by_fd[fd]
         self._conn = self._lst = None
         try:
             if conn is not None:
@@ -437,6 +454,7 @@ class socket(_stdsocket.socket):
         os.dup2(conn.ready_fd, fd, inheritable=False)
         self._conn = conn
         self._rtimeout = timeout
+        _by_fd[fd] = self
 
     # -- listening ----------------------------------------------------------------------
     def listen(self, backlog: int | None = None) -> None:
@@ -458,6 +476,7 @@ class socket(_stdsocket.socket):
         os.dup2(lst.epoll.fileno(), fd, inheritable=False)
         self._lst = lst
         self._rtimeout = timeout
+        _by_fd[fd] = self
 
     def accept(self) -> tuple[socket, object]:
         """Wait for a connection; return (new socket, peer address)."""
