@@ -2,8 +2,9 @@
 
 Usage::
 
-    python -m bench                  # full run, about 2-4 minutes; writes docs/
+    python -m bench                  # full run, about 3-5 minutes; writes docs/
     python -m bench --quick --out /tmp/b   # seconds; rough numbers
+    python -m bench --quick --only socket,tcp,unix --out /tmp/b   # the socket API only
     python -m bench --glibc-tunable  # re-run under the glibc memcpy tunable
 """
 
@@ -26,7 +27,8 @@ _REEXEC_MARK = "SOCKSDIRECT_BENCH_REEXEC"
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Measure the ring against TCP loopback, Unix sockets and pipes.")
+        description="Measure the ring and impl.socket against TCP loopback, Unix sockets "
+                    "and pipes.")
     p.add_argument("--quick", action="store_true",
                    help="few iterations (seconds, rough numbers); for smoke tests")
     p.add_argument("--out", default="docs", metavar="DIR",
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
                         "always, never (default auto)")
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated transports to run, e.g. ring-c,tcp "
-                        "(keys: ring-c, ring-python, tcp, unix, pipe)")
+                        "(keys: ring-c, ring-python, socket, tcp, unix, pipe; the set-up "
+                        "and asyncio runs follow socket, tcp and unix)")
     p.add_argument("--glibc-tunable", action="store_true",
                    help=f"re-run the interpreter with GLIBC_TUNABLES={GLIBC_TUNABLE}, "
                         "which removes glibc's memcpy alignment trap")
@@ -67,6 +70,7 @@ def _summary(results: dict, paths: dict) -> list[str]:
         lines.append(f"  {label:<24} {rtt:8.2f} µs"
                      + (f" {small / 1e6:8.3f} M msg/s" if small else "")
                      + (f" {large:8.2f} GB/s" if large else ""))
+    lines += _socket_summary(results)
     lines += ["", "goals:"]
     for g in results["goals"]:
         verdict = {True: "pass", False: "FAIL", None: "not measured"}[g["passed"]]
@@ -75,6 +79,24 @@ def _summary(results: dict, paths: dict) -> list[str]:
                      f"{labels[g['transport']]} {value}")
     lines += ["", f"finished in {results['duration_s']} s; wrote:"]
     lines += [f"  {path}" for path in paths.values()]
+    return lines
+
+
+def _socket_summary(results: dict) -> list[str]:
+    """Headline lines of the set-up rate and the asyncio echo."""
+    lines = []
+    setup = results.get("setup", {})
+    if setup.get("rates"):
+        lines += ["", "connection set-up (connect + accept + close):"]
+        for case in setup["cases"]:
+            rate = setup["rates"][case["key"]]["per_s"]
+            lines.append(f"  {case['label']:<24} {rate:10,.0f} /s")
+    echo = results.get("asyncio", {})
+    if echo.get("latency"):
+        lines += ["", "asyncio echo round trip (median):"]
+        for variant in echo["variants"]:
+            median = echo["latency"][variant["key"]]["median_us"]
+            lines.append(f"  {variant['label']:<32} {median:8.2f} µs")
     return lines
 
 

@@ -4,13 +4,15 @@
   and a dot at the p99.9, for two cores and for one core side by side.
 * Throughput: messages/s and GB/s against message size (log scales), one
   line per transport, with the spread of the repeats as error bars.
+* Socket API: each socket-API goal's measured ratio against its target,
+  connection set-up rates, and the asyncio echo round trip per loop.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["latency_figure", "throughput_figure"]
+__all__ = ["latency_figure", "socket_figure", "throughput_figure"]
 
 # Our ring in blues, the kernel in warm colours: the two families read apart at a glance.
 _COLOURS = {
@@ -19,8 +21,27 @@ _COLOURS = {
     "tcp": "#c0392b",
     "unix": "#e67e22",
     "pipe": "#7f8c8d",
+    # The socket API in greens: ours, but through the library and the monitor.
+    "socket": "#1e8449",
+    "setup-ring": "#1e8449",
+    "setup-tcp": "#c0392b",
+    "setup-unix": "#e67e22",
+    "asyncio-ring-selector": "#1e8449",
+    "asyncio-ring-stock": "#82c99a",
+    "asyncio-tcp": "#c0392b",
+    "asyncio-unix": "#e67e22",
 }
-_MARKERS = {"ring-c": "o", "ring-python": "s", "tcp": "^", "unix": "D", "pipe": "v"}
+_MARKERS = {"ring-c": "o", "ring-python": "s", "tcp": "^", "unix": "D", "pipe": "v",
+            "socket": "P"}
+# Short names of the socket-API goals for the figure's left panel.
+_GOAL_NAMES = {
+    "sock_rtt_vs_tcp": "round trip\nvs TCP",
+    "sock_rtt_vs_unix": "round trip\nvs Unix",
+    "sock_64_vs_tcp": "64 B msg/s\nvs TCP",
+    "sock_16k_vs_tcp": "16 KiB msg/s\nvs TCP",
+    "setup_vs_tcp": "set-up rate\nvs TCP",
+    "asyncio_vs_tcp": "asyncio echo\nvs stock on TCP",
+}
 
 
 def _pyplot():
@@ -136,6 +157,89 @@ def throughput_figure(results: dict, path: str | Path) -> Path:
     right.set_title("Bytes per second", fontsize=10)
     right.legend(fontsize=8, loc="lower right")
     fig.suptitle("Streaming throughput between two processes")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _not_measured(ax, title: str) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _goals_panel(ax, goals: list[dict]) -> None:
+    """Horizontal bars: each socket goal's measured ratio, a black tick at its target."""
+    from matplotlib import ticker
+
+    judged = [g for g in goals if g.get("group") == "socket"]
+    if not judged:
+        _not_measured(ax, "Socket API against its goals")
+        return
+    ys = range(len(judged))
+    values = [g["value"] or 0.0 for g in judged]
+    colours = ["#27ae60" if g["passed"] else "#c0392b" if g["passed"] is False else "#bbbbbb"
+               for g in judged]
+    # A ratio of 0.01 still shows as a stub on the log axis; None shows nothing.
+    ax.barh(list(ys), [max(v, 0.01) if v else 0 for v in values], color=colours, zorder=2)
+    ax.scatter([g["bound"] for g in judged], list(ys), marker="|", s=400, color="black",
+               zorder=3, label="target")
+    for y, g in zip(ys, judged, strict=True):
+        text = "not measured" if g["value"] is None else f"{g['value']:.2g}×"
+        ax.annotate(text, (max(g["value"] or 1.0, 0.01), y), xytext=(4, 0),
+                    textcoords="offset points", va="center", fontsize=8)
+    ax.axvline(1.0, color="#555555", linewidth=0.8, linestyle=":", zorder=1)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+    ax.set_yticks(list(ys), [_GOAL_NAMES.get(g["goal"], g["goal"]) for g in judged],
+                  fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("times better than the kernel (log scale)")
+    ax.set_title("Socket API against its goals\n(green: met, red: missed)", fontsize=10)
+    ax.grid(axis="x", which="major", alpha=0.3, zorder=0)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _setup_panel(ax, setup: dict) -> None:
+    """Bars of connections per second, whiskers from the slowest to the fastest repeat."""
+    cases = [c for c in setup.get("cases", []) if c["key"] in setup.get("rates", {})]
+    title = "Connection set-up\n(connect + accept + close)"
+    if not cases:
+        _not_measured(ax, title)
+        return
+    rates = setup["rates"]
+    xs = range(len(cases))
+    mid = [rates[c["key"]]["per_s"] for c in cases]
+    lo = [max(0.0, m - min(rates[c["key"]]["repeat_per_s"])) for m, c in zip(mid, cases,
+                                                                              strict=True)]
+    hi = [max(0.0, max(rates[c["key"]]["repeat_per_s"]) - m) for m, c in zip(mid, cases,
+                                                                              strict=True)]
+    ax.bar(list(xs), mid, color=[_colour(c["key"]) for c in cases], width=0.65, zorder=2)
+    ax.errorbar(list(xs), mid, yerr=[lo, hi], fmt="none", ecolor="black", capsize=5,
+                zorder=3)
+    for x, m in zip(xs, mid, strict=True):
+        ax.annotate(f"{m:,.0f}", (x - 0.3, m), xytext=(0, 3), textcoords="offset points",
+                    ha="left", va="bottom", fontsize=8, fontweight="bold")
+    ax.set_xticks(list(xs), [c["label"] for c in cases], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("connections per second")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+
+
+def socket_figure(results: dict, path: str | Path) -> Path:
+    """Draw the socket API figure (goals | set-up rate | asyncio echo) into the PNG *path*."""
+    plt = _pyplot()
+    fig, (goals, setup, echo) = plt.subplots(1, 3, figsize=(14, 4.8),
+                                             gridspec_kw={"width_ratios": [1.2, 1, 1.2]})
+    _goals_panel(goals, results.get("goals", []))
+    _setup_panel(setup, results.get("setup", {}))
+    asyncio_results = results.get("asyncio", {})
+    labels = {v["key"]: v["label"] for v in asyncio_results.get("variants", [])}
+    _latency_panel(echo, asyncio_results.get("latency", {}), labels,
+                   "asyncio echo ping-pong, 8 B")
+    fig.suptitle("Through the socket API: impl.socket against the kernel's sockets")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -13,12 +13,14 @@ from pathlib import Path
 
 from bench import plots
 from bench.machine import GLIBC_TUNABLE
+from bench.sockets import ASYNCIO_RING_SELECTOR, SOCKET_KEY
 from bench.transports import RING_CAPACITY
 
 __all__ = ["render_markdown", "write_report"]
 
 LATENCY_PNG = "img/bench-latency.png"
 THROUGHPUT_PNG = "img/bench-throughput.png"
+SOCKET_PNG = "img/bench-socket.png"
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -158,12 +160,67 @@ def _method_section(results: dict) -> list[str]:
         + (f"This run had `GLIBC_TUNABLES={GLIBC_TUNABLE}` set (`--glibc-tunable`)."
            if tuned else "This run used glibc's defaults, as a user's program would; "
            "`python -m bench --glibc-tunable` re-runs with the tunable."),
+        *_socket_method(results),
         "- **Caveat.** The machine is a shared 2-CPU VM; foreign load widens p99 and "
         "p99.9 most. Compare ratios within one run rather than absolute numbers "
         "across runs.",
         "",
     ]
     return lines
+
+
+def _socket_method(results: dict) -> list[str]:
+    """The method's bullets on the socket API: impl.socket, set-up rate, asyncio echo."""
+    s = results["settings"]
+    lines = []
+    if SOCKET_KEY in _labels(results) or results.get("setup", {}).get("rates"):
+        ring_kib = results.get("monitor", {}).get("ring_bytes", 0) // 1024
+        lines.append(
+            "- **Socket API.** The `impl.socket` rows go through the library as a program "
+            "does. The benchmark starts a monitor of its own (`python -m impl.monitor`, "
+            "log level warning) in a private temporary directory and points "
+            "`SOCKSDIRECT_MONITOR` at it. For every measurement the child connects to a "
+            "listener of the parent through the monitor *after* the fork, so each end "
+            "belongs to the process that uses it; the parent accepts; both then run the "
+            "same loops as every other transport on the sockets' `sendall` and "
+            f"`recv_into`. The rings have the monitor's default size ({ring_kib} KiB per "
+            "direction, where the ring benchmark uses 1 MiB) and the waiters choose "
+            "their spin themselves.")
+        lines.append(
+            "- **Connection set-up.** The child listens (`impl.create_server` on "
+            "127.0.0.1; a kernel TCP listener on 127.0.0.1; a kernel Unix listener on a "
+            "path), the parent runs cycles of: new socket, `connect`, wait for end of "
+            "stream (the child accepts and closes at once), `close`. One connection "
+            "lives at a time, so the client never outruns the backlog (a ring connect "
+            "that found the backlog full would fall back to the kernel; every ring "
+            "connection is checked to be one, on both sides). "
+            f"{s['setup_warmup']:,} untimed cycles set the pace; the timed count lasts "
+            f"about {s['setup_seconds']:g} s (at least {s['setup_min_count']:,}).")
+    echo = results.get("asyncio", {})
+    if echo.get("latency"):
+        if ASYNCIO_RING_SELECTOR in results["skipped"]:
+            selector = ("the ring-first selector of `impl.selectors` (not available in this "
+                        f"run: {results['skipped'][ASYNCIO_RING_SELECTOR]})")
+        else:
+            selector = f"the ring-first selector (`{echo.get('ring_loop', '?')}`)"
+        lines.append(
+            "- **asyncio echo.** Both processes run an asyncio event loop with protocols "
+            "(`connect_accepted_socket` for the echo server, `create_connection(sock=...)` "
+            "for the client, which writes 8 bytes and awaits a future that "
+            "`data_received` resolves once the 8 bytes are back). The loops: "
+            f"{selector} over an `impl.socket` connection; the stock "
+            "`asyncio.SelectorEventLoop` (epoll) over the same kind of connection, over "
+            "TCP loopback and over a Unix socketpair. Before the first ping both ends of a "
+            "ring connection call `fileno()` and exchange one byte, so that no message "
+            "arrives before its descriptor tracks readability. "
+            f"{s['asyncio_warmup']:,} untimed round trips, then up to "
+            f"{s['asyncio_iterations']:,} timed (at most {s['asyncio_budget']:g} s).")
+    return lines
+
+
+def _count(x: float) -> str:
+    """A rate in full: 4567.2 -> '4,567'."""
+    return f"{x:,.0f}"
 
 
 def _ring_text(results: dict) -> str:
@@ -201,10 +258,9 @@ def _timed_counts(results: dict) -> str:
     return ", ".join(parts) or "nothing"
 
 
-def _goals_section(results: dict) -> list[str]:
-    labels = _labels(results)
+def _goal_rows(goals: list[dict], labels: dict[str, str]) -> list[tuple[str, ...]]:
     rows = []
-    for g in results["goals"]:
+    for g in goals:
         value = g["value"]
         if value is None:
             shown, verdict = "not measured", "-"
@@ -215,11 +271,36 @@ def _goals_section(results: dict) -> list[str]:
             verdict = "**pass**" if g["passed"] else "**FAIL**"
         rows.append((g["what"], g["target"], labels[g["transport"]],
                      shown, verdict))
-    if not rows:
+    return rows
+
+
+def _goals_section(results: dict) -> list[str]:
+    labels = _labels(results)
+    header = ["goal", "target", "transport", "measured", "result"]
+    ring = [g for g in results["goals"] if g.get("group", "ring") == "ring"]
+    socket_api = [g for g in results["goals"] if g.get("group") == "socket"]
+    if not ring and not socket_api:
         return ["## Goals", "", "No ring transport was measured, so no goal is judged.", ""]
-    return ["## Goals", "",
-            "Judged on this run's medians (the p99 for the one-core goal).", "",
-            *_table(["goal", "target", "transport", "measured", "result"], rows), ""]
+    lines = ["## Goals", "",
+             "Judged on this run's medians (the p99 for the one-core goal). A ratio says "
+             "how many times better than the kernel transport named in the goal, in the "
+             "same run.", ""]
+    if ring:
+        lines += ["### The ring (`impl.ring`, driven directly)", "",
+                  *_table(header, _goal_rows(ring, labels)), ""]
+    if socket_api:
+        lines += ["### Through the socket API (`impl.socket`, issue 3)", "",
+                  *_table(header, _goal_rows(socket_api, labels)), ""]
+        if any(g["value"] is None for g in socket_api):
+            lines += [_not_measured_note(results), ""]
+    return lines
+
+
+def _not_measured_note(results: dict) -> str:
+    """Why a socket-API goal has no value: what was skipped or failed."""
+    reasons = [f"`{key}`: {why}" for key, why in {**results["skipped"],
+                                                  **results["failed"]}.items()]
+    return "Not measured: " + ("; ".join(reasons) if reasons else "an input is missing") + "."
 
 
 def _latency_rows(latency: dict, labels: dict, kernels: list[str]) -> list[list[str]]:
@@ -298,6 +379,113 @@ def _one_core_section(results: dict) -> list[str]:
             *_table(header, _latency_rows(one, labels, kernels)), ""]
 
 
+def _better(ours: float | None, theirs: float | None, lower_is_better: bool) -> str:
+    """How many times *ours* beats *theirs*, as a ratio cell."""
+    if not ours or not theirs:
+        return "-"
+    return _ratio(theirs / ours if lower_is_better else ours / theirs)
+
+
+def _side_by_side(results: dict) -> list[list[str]]:
+    """Rows of the socket API against TCP and Unix: measure, values, then the ratios."""
+    lat, tput = results["latency"], results["throughput"]
+    rates = results.get("setup", {}).get("rates", {})
+    echo = results.get("asyncio", {}).get("latency", {})
+    rows: list[tuple[str, dict, tuple[str, str, str], str, object, bool]] = [
+        ("round trip median, µs", lat, (SOCKET_KEY, "tcp", "unix"), "median_us", _us, True),
+        ("round trip p99, µs", lat, (SOCKET_KEY, "tcp", "unix"), "p99_us", _us, True),
+    ]
+    for n in results["settings"]["sizes"]:
+        sized = {k: v[str(n)] for k, v in tput.items()}
+        rows.append((f"streaming {_size(n)}, msg/s", sized, (SOCKET_KEY, "tcp", "unix"),
+                     "msgs_per_s", _rate, False))
+    rows.append(("connection set-up, per s", rates, ("setup-ring", "setup-tcp", "setup-unix"),
+                 "per_s", _count, False))
+    rows.append(("asyncio echo median, µs (ring-first selector)", echo,
+                 (ASYNCIO_RING_SELECTOR, "asyncio-tcp", "asyncio-unix"), "median_us", _us, True))
+    rows.append(("asyncio echo median, µs (stock loop on rings)", echo,
+                 ("asyncio-ring-stock", "asyncio-tcp", "asyncio-unix"), "median_us", _us, True))
+    out = []
+    for name, table, (ours, tcp, unix), metric, fmt, lower in rows:
+        values = [table.get(k, {}).get(metric) for k in (ours, tcp, unix)]
+        if values[0] is None and values[1] is None:
+            continue
+        cells = [fmt(v) if v is not None else "-" for v in values]
+        out.append([name, *cells, _better(values[0], values[1], lower),
+                    _better(values[0], values[2], lower)])
+    return out
+
+
+def _setup_rows(results: dict) -> list[list[str]]:
+    setup = results["setup"]
+    rates = setup["rates"]
+    tcp = rates.get("setup-tcp", {}).get("per_s")
+    unix = rates.get("setup-unix", {}).get("per_s")
+    rows = []
+    for case in setup["cases"]:
+        r = rates[case["key"]]
+        rows.append([case["label"], _count(r["per_s"]), _us(r["us_per_connection"]),
+                     _spread(r["repeat_per_s"], _count),
+                     f"{min(r['counts']):,}–{max(r['counts']):,}",
+                     _better(r["per_s"], tcp, False), _better(r["per_s"], unix, False)])
+    return rows
+
+
+def _asyncio_rows(results: dict) -> list[list[str]]:
+    echo = results["asyncio"]["latency"]
+    base = [k for k in ("asyncio-tcp", "asyncio-unix") if k in echo]
+    rows = []
+    for variant in results["asyncio"]["variants"]:
+        r = echo[variant["key"]]
+        rows.append([variant["label"], _us(r["median_us"]), _us(r["p99_us"]),
+                     _us(r["p999_us"]), _spread(r["repeat_median_us"], _us),
+                     f"{r['samples']:,}"]
+                    + [_ratio(echo[k]["median_us"] / r["median_us"]) for k in base])
+    return rows
+
+
+def _socket_section(results: dict) -> list[str]:
+    """The socket API: side by side with the kernel, set-up rate, asyncio echo."""
+    setup = results.get("setup", {})
+    echo = results.get("asyncio", {})
+    if SOCKET_KEY not in _labels(results) and not setup.get("rates") and not echo.get("latency"):
+        return []
+    lines = ["## Through the socket API", "",
+             f"![Socket API: goals, set-up rate, asyncio echo]({SOCKET_PNG})", "",
+             "`impl.socket` connections set up by the monitor, against the kernel's TCP "
+             "loopback and Unix sockets in the same run. Ratio columns say how many times "
+             "better `impl.socket` is (above 1: faster); the round-trip and streaming "
+             "rows repeat the tables above.", ""]
+    counters = results.get("monitor", {}).get("counters")
+    if counters:
+        lines += [f"The monitor set up {counters.get('connections', 0):,} ring connections "
+                  f"in this run; {counters.get('kernel_fallbacks', 0):,} connects fell back "
+                  f"to the kernel ({counters.get('backlog_full', 0):,} for a full backlog) "
+                  f"and {counters.get('bytes', 0) / 1e9:.3g} GB went through rings.", ""]
+    header = ["measure", "impl.socket", "TCP loopback", "Unix socket", "× better than TCP",
+              "× better than Unix"]
+    lines += ["### Side by side", "", *_table(header, _side_by_side(results)), ""]
+    if setup.get("rates"):
+        lines += ["### Connection set-up: connect + accept + close", "",
+                  "Client and server are two processes; each cycle is one connection's "
+                  "whole life. The spread is the lowest to highest rate of the repeats.", "",
+                  *_table(["connections", "per second", "µs per connection",
+                           "spread per s", "timed per run", "× TCP", "× Unix"],
+                          _setup_rows(results)), ""]
+    if echo.get("latency"):
+        base = [k for k in ("asyncio-tcp", "asyncio-unix") if k in echo["latency"]]
+        names = {v["key"]: v["label"] for v in echo["variants"]}
+        header = (["loop, connection", "median µs", "p99 µs", "p99.9 µs",
+                   "spread of medians µs", "samples"]
+                  + [f"{names[k]} ÷ this" for k in base])
+        lines += ["### asyncio echo ping-pong, 8 B", "", *_table(header, _asyncio_rows(results)),
+                  ""]
+        if ASYNCIO_RING_SELECTOR in results["skipped"]:
+            lines += ["The ring-first selector was not measured: "
+                      f"{results['skipped'][ASYNCIO_RING_SELECTOR]}.", ""]
+    return lines
+
+
 def _left_out_section(results: dict) -> list[str]:
     lines = []
     for key, reason in results["skipped"].items():
@@ -315,7 +503,8 @@ def render_markdown(results: dict) -> str:
         "numbers are in [bench.json](bench.json).", "",
     ]
     for section in (_goals_section, _machine_section, _method_section, _latency_section,
-                    _throughput_section, _one_core_section, _left_out_section):
+                    _throughput_section, _one_core_section, _socket_section,
+                    _left_out_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -329,9 +518,11 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
         "markdown": out / "bench.md",
         "latency_png": out / LATENCY_PNG,
         "throughput_png": out / THROUGHPUT_PNG,
+        "socket_png": out / SOCKET_PNG,
     }
     paths["json"].write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
     plots.latency_figure(results, paths["latency_png"])
     plots.throughput_figure(results, paths["throughput_png"])
+    plots.socket_figure(results, paths["socket_png"])
     paths["markdown"].write_text(render_markdown(results))
     return paths

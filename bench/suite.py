@@ -5,10 +5,17 @@ JSON-ready data; :mod:`bench.report` and :mod:`bench.plots` turn that into
 ``bench.md``, ``bench.json`` and the figures.  Repeats are interleaved
 (every transport once, then every transport again), so a burst of foreign
 load on the shared machine hits all transports alike instead of one.
+
+Besides the rings themselves, the run measures the socket API
+(:mod:`bench.sockets`): ``impl.socket`` connections set up by a private
+monitor take part in the round-trip and streaming loops as one more
+transport, and two measurements of their own follow in every repeat:
+connection set-up rate and an asyncio echo ping-pong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -17,11 +24,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
-from bench import machine
+from bench import machine, sockets
 from bench.measure import Placement, round_trips, stream
+from bench.sockets import ASYNCIO_RING_SELECTOR, SOCKET_KEY
 from bench.transports import Transport, available_transports, ring_settings
 
-__all__ = ["GOALS", "SIZES", "Settings", "evaluate_goals", "percentile", "run_suite"]
+__all__ = ["GOALS", "SIZES", "SOCKET_GOALS", "Settings", "all_transports", "evaluate_goals",
+           "percentile", "run_suite"]
 
 #: Streaming message sizes: 64 B, 1 KiB, 16 KiB, 256 KiB.
 SIZES = (64, 1024, 16 * 1024, 256 * 1024)
@@ -45,6 +54,13 @@ class Settings:
     stream_min_count: int = 100  # ... but times at least this many messages
     stream_max_count: int = 5_000_000
     stream_warmup_bytes: int = 4 << 20  # untimed bytes first (within 20..20,000 messages)
+    setup_warmup: int = 300  # untimed connect/accept/close cycles
+    setup_seconds: float = 0.5  # a set-up run lasts about this long ...
+    setup_min_count: int = 50  # ... but times at least this many connections
+    setup_max_count: int = 200_000
+    asyncio_warmup: int = 1_000
+    asyncio_iterations: int = 30_000
+    asyncio_budget: float = 2.0  # seconds of asyncio round trips per run, at most
     deadline: float = 120.0  # seconds any single measurement may take
     pin: str = "auto"
     only: tuple[str, ...] = field(default=())  # transport keys to run; empty: all
@@ -61,6 +77,13 @@ class Settings:
             raise ValueError("need 1 <= stream_min_count <= stream_max_count")
         if not 0 < self.stream_seconds <= 60:
             raise ValueError(f"stream_seconds must be in (0, 60], got {self.stream_seconds}")
+        if self.setup_warmup < 1 or not 1 <= self.setup_min_count <= self.setup_max_count:
+            raise ValueError("need setup_warmup >= 1 and 1 <= setup_min_count <= "
+                             "setup_max_count")
+        if not 0 < self.setup_seconds <= 60:
+            raise ValueError(f"setup_seconds must be in (0, 60], got {self.setup_seconds}")
+        if self.asyncio_warmup < 0 or self.asyncio_iterations < 1:
+            raise ValueError("need asyncio_warmup >= 0 and asyncio_iterations >= 1")
 
     @classmethod
     def quick(cls) -> Settings:
@@ -68,6 +91,8 @@ class Settings:
         return cls(repeats=2, rtt_warmup=300, rtt_iterations=3_000, rtt_budget=0.5,
                    one_core_iterations=1_000, one_core_budget=0.5,
                    stream_seconds=0.05, stream_min_count=20, stream_warmup_bytes=1 << 20,
+                   setup_warmup=30, setup_seconds=0.1, setup_min_count=20,
+                   asyncio_warmup=100, asyncio_iterations=2_000, asyncio_budget=0.3,
                    deadline=60.0)
 
     def stream_warmup(self, size: int) -> int:
@@ -118,6 +143,18 @@ def _summarise_stream(size: int, runs: list[tuple[int, int]]) -> dict[str, objec
     }
 
 
+def _summarise_setup(runs: list[tuple[int, int]]) -> dict[str, object]:
+    """Turn the (connections, elapsed ns) of the repeats into connections/s, median of repeats."""
+    rates = [count / ns * 1e9 for count, ns in runs]
+    middle = statistics.median(rates)
+    return {
+        "counts": [count for count, _ in runs],
+        "per_s": middle,
+        "us_per_connection": 1e6 / middle,
+        "repeat_per_s": rates,
+    }
+
+
 # name, what is measured, target, how the measured value is compared.
 GOALS = (
     ("rtt_vs_tcp", "Round trip ≤ 1/12 of TCP loopback's", "≥ 12× faster", 12.0),
@@ -125,6 +162,24 @@ GOALS = (
     ("msgs_64", "Streaming 64 B messages", "≥ 1.2 M msg/s", 1.2e6),
     ("tput_16k_vs_tcp", "Streaming 16 KiB against TCP loopback", "≥ 6× TCP's GB/s", 6.0),
     ("one_core_p99", "Both on one core: round-trip p99", "< 100 µs", 100.0),
+)
+
+# The goals of the socket API (issue 3), judged on the impl.socket transport
+# against the kernel's sockets measured in the same run.  Every value is a
+# ratio "how many times better than the kernel", so each passes at >= bound.
+SOCKET_GOALS = (
+    ("sock_rtt_vs_tcp", "Socket API round trip ≤ 1/10 of TCP loopback's",
+     "≥ 10× faster", 10.0),
+    ("sock_rtt_vs_unix", "Socket API round trip ≤ 1/7 of a Unix socket's",
+     "≥ 7× faster", 7.0),
+    ("sock_64_vs_tcp", "Socket API streaming 64 B against TCP loopback",
+     "≥ 5× TCP's msg/s", 5.0),
+    ("sock_16k_vs_tcp", "Socket API streaming 16 KiB against TCP loopback",
+     "≥ 5× TCP's msg/s", 5.0),
+    ("setup_vs_tcp", "Connection set-up rate (connect + accept + close) against TCP loopback",
+     "≥ 1× TCP's rate", 1.0),
+    ("asyncio_vs_tcp", "asyncio echo round trip: ring-first selector on rings against the "
+     "stock loop on TCP", "≥ 2× faster", 2.0),
 )
 
 
@@ -142,26 +197,52 @@ def _goal_value(goal: str, key: str, results: dict) -> float | None:
             return tput[key]["16384"]["gb_per_s"] / tput["tcp"]["16384"]["gb_per_s"]
         if goal == "one_core_p99":
             return one[key]["p99_us"]
+        return _socket_goal_value(goal, key, results)
     except (KeyError, ZeroDivisionError):
         return None
+
+
+def _socket_goal_value(goal: str, key: str, results: dict) -> float | None:
+    """The value of a socket-API goal: how many times better than the kernel (KeyError: none)."""
+    rtt, tput = results["latency"], results["throughput"]
+    if goal == "sock_rtt_vs_tcp":
+        return rtt["tcp"]["median_us"] / rtt[key]["median_us"]
+    if goal == "sock_rtt_vs_unix":
+        return rtt["unix"]["median_us"] / rtt[key]["median_us"]
+    if goal in ("sock_64_vs_tcp", "sock_16k_vs_tcp"):
+        size = "64" if goal == "sock_64_vs_tcp" else "16384"
+        return tput[key][size]["msgs_per_s"] / tput["tcp"][size]["msgs_per_s"]
+    if goal == "setup_vs_tcp":
+        rates = results["setup"]["rates"]
+        return rates["setup-ring"]["per_s"] / rates["setup-tcp"]["per_s"]
+    if goal == "asyncio_vs_tcp":
+        lat = results["asyncio"]["latency"]
+        return lat["asyncio-tcp"]["median_us"] / lat[ASYNCIO_RING_SELECTOR]["median_us"]
     raise ValueError(f"unknown goal {goal!r}")
 
 
 def evaluate_goals(results: dict) -> list[dict[str, object]]:
-    """Judge every goal for each ring backend that was measured: value and pass/fail."""
-    rings = [t["key"] for t in results["transports"] if not t["kernel"]]
+    """Judge every goal: the ring goals for each ring backend, the socket goals for impl.socket.
+
+    Each verdict has the value and pass (True), fail (False) or not
+    measured (None), and its group: "ring" or "socket".
+    """
+    keys = [t["key"] for t in results["transports"] if not t["kernel"]]
+    plan = [(goal, key, "ring") for goal in GOALS for key in keys if key != SOCKET_KEY]
+    if SOCKET_KEY in keys:
+        plan += [(goal, SOCKET_KEY, "socket") for goal in SOCKET_GOALS]
     verdicts = []
-    for name, what, target, bound in GOALS:
-        for key in rings:
-            value = _goal_value(name, key, results)
-            if value is None:
-                passed = None
-            elif name == "one_core_p99":
-                passed = value < bound
-            else:
-                passed = value >= bound
-            verdicts.append({"goal": name, "what": what, "target": target, "bound": bound,
-                             "transport": key, "value": value, "passed": passed})
+    for (name, what, target, bound), key, group in plan:
+        value = _goal_value(name, key, results)
+        if value is None:
+            passed = None
+        elif name == "one_core_p99":
+            passed = value < bound
+        else:
+            passed = value >= bound
+        verdicts.append({"goal": name, "what": what, "target": target, "bound": bound,
+                         "transport": key, "group": group, "value": value,
+                         "passed": passed})
     return verdicts
 
 
@@ -187,10 +268,65 @@ class _Runner:
         return value
 
 
+def all_transports() -> tuple[list[Transport], dict[str, str]]:
+    """Return every transport of the round-trip and streaming tables, and why some are not.
+
+    The rings first, then impl.socket (which needs the monitor that
+    :func:`run_suite` starts), then the kernel's.
+    """
+    transports, skipped = available_transports()
+    socket_api, not_here = sockets.socket_transports()
+    skipped.update(not_here)
+    rings = [t for t in transports if not t.kernel]
+    kernel = [t for t in transports if t.kernel]
+    return rings + socket_api + kernel, skipped
+
+
+# The transport each set-up case and asyncio variant belongs to, for --only.
+_OWNER = {"ring": SOCKET_KEY, "tcp": "tcp", "unix": "unix"}
+
+
+def _as_transport(key: str, label: str, kind: str) -> Transport:
+    """A Transport that only names a set-up case or asyncio variant for the runner."""
+
+    def not_openable(same_cpu: bool) -> object:
+        raise NotImplementedError(f"{key} is opened by bench.sockets")
+
+    return Transport(key, label, kind != "ring", not_openable)
+
+
+def _socket_api_plan(selected: set[str], skipped: dict[str, str]) -> tuple[list, list]:
+    """Return the set-up cases and asyncio variants to run; note the unavailable ones."""
+    cases = [c for c in sockets.setup_cases() if _OWNER[c.kind] in selected]
+    variants, not_here = sockets.asyncio_variants()
+    variants = [v for v in variants if _OWNER[v.kind] in selected]
+    if SOCKET_KEY in selected:
+        skipped.update(not_here)
+    return cases, variants
+
+
 def run_suite(settings: Settings | None = None,
               log: Callable[[str], None] = print) -> dict[str, object]:
     """Measure every transport side by side and return the results as JSON-ready data."""
     settings = settings or Settings()
+    transports, skipped = all_transports()
+    if settings.only:
+        transports = [t for t in transports if t.key in settings.only]
+    with contextlib.ExitStack() as stack:
+        monitor = None
+        if any(t.key == SOCKET_KEY for t in transports):
+            try:
+                monitor = stack.enter_context(sockets.private_monitor())
+            except sockets.MonitorUnavailable as exc:
+                # No monitor, no socket API: the rest of the run still means something.
+                skipped[SOCKET_KEY] = str(exc)
+                transports = [t for t in transports if t.key != SOCKET_KEY]
+        return _run(settings, transports, skipped, monitor, log)
+
+
+def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str],
+         monitor: sockets.MonitorHandle | None, log: Callable[[str], None]) -> dict[str, object]:
+    """The run proper, with the monitor (if any) already started."""
     started = time.monotonic()
     info = machine.machine_info()
     info["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
@@ -198,11 +334,9 @@ def run_suite(settings: Settings | None = None,
     probe = machine.memcpy_probe()
     plan = machine.plan_pinning(settings.pin)
     log(f"{'pinned' if plan.pinned else 'not pinned'}: {plan.reason}")
-    transports, skipped = available_transports()
-    if settings.only:
-        transports = [t for t in transports if t.key in settings.only]
     for key, reason in skipped.items():
         log(f"skipped {key}: {reason}")
+    cases, variants = _socket_api_plan({t.key for t in transports}, skipped)
     two = Placement(plan.parent_cpu, plan.child_cpu)
     one = Placement(plan.one_core_cpu, plan.one_core_cpu)
     one_core = [t for t in transports if not t.kernel or t.key in _ONE_CORE_KERNEL]
@@ -212,6 +346,8 @@ def run_suite(settings: Settings | None = None,
     one_runs: dict[str, list[list[int]]] = {t.key: [] for t in one_core}
     stream_runs: dict[str, dict[int, list[tuple[int, int]]]] = {
         t.key: {size: [] for size in s.sizes} for t in transports}
+    setup_runs: dict[str, list[tuple[int, int]]] = {c.key: [] for c in cases}
+    asyncio_runs: dict[str, list[list[int]]] = {v.key: [] for v in variants}
 
     for rep in range(1, s.repeats + 1):
         log(f"repeat {rep}/{s.repeats}: round trips, 8 B")
@@ -239,11 +375,12 @@ def run_suite(settings: Settings | None = None,
                 seconds=s.deadline))
             if got is not None:
                 one_runs[t.key].append(got)
+        _socket_api_repeat(rep, s, two, cases, variants, setup_runs, asyncio_runs, runner)
 
     # A transport that failed once is reported as failed, not with partial data.
     ok = [t for t in transports if t.key not in runner.failed]
     results: dict[str, object] = {
-        "schema": 1,
+        "schema": 2,
         "machine": info,
         "settings": asdict(s),
         "pinning": plan.as_dict(),
@@ -262,8 +399,59 @@ def run_suite(settings: Settings | None = None,
             "latency": {t.key: _summarise_rtt(one_runs[t.key])
                         for t in one_core if t.key not in runner.failed},
         },
+        "setup": {
+            "cases": [{"key": c.key, "label": c.label, "kind": c.kind} for c in cases
+                      if c.key not in runner.failed],
+            "rates": {c.key: _summarise_setup(setup_runs[c.key]) for c in cases
+                      if c.key not in runner.failed},
+        },
+        "asyncio": {
+            "ring_loop": sockets.ring_loop_factory()[1],
+            "variants": [{"key": v.key, "label": v.label, "kind": v.kind} for v in variants
+                         if v.key not in runner.failed],
+            "latency": {v.key: _summarise_rtt(asyncio_runs[v.key]) for v in variants
+                        if v.key not in runner.failed},
+        },
+        "monitor": _monitor_counters(monitor),
     }
     results["goals"] = evaluate_goals(results)
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["duration_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def _socket_api_repeat(rep: int, s: Settings, two: Placement, cases: list, variants: list,
+                       setup_runs: dict, asyncio_runs: dict, runner: _Runner) -> None:
+    """One repeat of the socket API's own measurements: set-up rate, then asyncio echo."""
+    if cases:
+        runner.log(f"repeat {rep}/{s.repeats}: connection set-up (connect + accept + close)")
+    for c in cases:
+        got = runner.attempt(_as_transport(c.key, c.label, c.kind), "set-up rate",
+                             lambda c=c: sockets.setup_rate(
+                                 c, two, warmup=s.setup_warmup, target=s.setup_seconds,
+                                 min_count=s.setup_min_count, max_count=s.setup_max_count,
+                                 seconds=s.deadline))
+        if got is not None:
+            setup_runs[c.key].append(got)
+    if variants:
+        runner.log(f"repeat {rep}/{s.repeats}: asyncio echo ping-pong, 8 B")
+    for v in variants:
+        got = runner.attempt(_as_transport(v.key, v.label, v.kind), "asyncio round trips",
+                             lambda v=v: sockets.asyncio_round_trips(
+                                 v, two, warmup=s.asyncio_warmup,
+                                 iterations=s.asyncio_iterations, budget=s.asyncio_budget,
+                                 seconds=s.deadline))
+        if got is not None:
+            asyncio_runs[v.key].append(got)
+
+
+def _monitor_counters(monitor: sockets.MonitorHandle | None) -> dict[str, object]:
+    """The monitor's counters at the end of the run (proof that no connection fell back)."""
+    if monitor is None:
+        return {}
+    from impl.monitor.server import DEFAULT_BUF  # the ring size a connection gets by default
+
+    try:
+        return {"counters": monitor.status()["counters"], "ring_bytes": DEFAULT_BUF}
+    except (OSError, KeyError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "ring_bytes": DEFAULT_BUF}

@@ -17,7 +17,15 @@ semantics will live in :mod:`impl.token` and :mod:`impl.fork`.
 
 import socket as _socket
 
-from impl.sdsocket import create_connection, create_server, socket, socketpair, transport_of
+from impl.sdsocket import (
+    create_connection,
+    create_server,
+    fromfd,
+    socket,
+    socket_for_fd,
+    socketpair,
+    transport_of,
+)
 
 __version__ = "0.1.0"
 
@@ -34,4 +42,4 @@ def _reexport() -> list[str]:
 
 SocketType = socket
 __all__ = ["socket", "SocketType", "socketpair", "create_connection", "create_server",
-           "transport_of", *_reexport()]
+           "fromfd", "transport_of", "socket_for_fd", *_reexport()]

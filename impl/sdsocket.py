@@ -21,16 +21,22 @@ Why subclass socket.socket rather than wrap one: ``isinstance(s,
 socket.socket)`` holds, so asyncio, ssl's type checks, socketserver and
 CPython's own tests accept it, and every method not overridden here keeps its
 kernel meaning on a kernel socket.
+
+Errors are the kernel's: where a ring or listener socket cannot ask the
+kernel (there is no kernel socket behind the data), it raises what a kernel
+TCP socket raises in the same situation; where it can (options, a listener's
+data calls) it asks a kernel socket of the same kind.
 """
 
 from __future__ import annotations
 
 import errno
-import io
+import ipaddress
 import os
 import select
 import socket as _stdsocket
-import threading
+import struct
+import time
 import weakref
 from socket import (
     AF_INET,
@@ -42,6 +48,8 @@ from socket import (
     SHUT_RD,
     SHUT_RDWR,
     SHUT_WR,
+    SO_RCVBUF,
+    SO_SNDBUF,
     SOCK_STREAM,
     SOL_SOCKET,
 )
@@ -50,8 +58,8 @@ from impl.monitor import client as _client
 from impl.monitor import protocol as P
 from impl.ring import Ring, RingFds
 
-__all__ = ["socket", "socketpair", "create_connection", "create_server", "transport_of",
-           "socket_for_fd"]
+__all__ = ["socket", "socketpair", "create_connection", "create_server", "fromfd",
+           "transport_of", "socket_for_fd", "DEFAULT_BUF"]
 
 _RING_FAMILIES = {AF_INET: "inet", AF_INET6: "inet6", AF_UNIX: "unix"}
 _SOCK_TYPE_MASK = ~(_stdsocket.SOCK_NONBLOCK | _stdsocket.SOCK_CLOEXEC)
@@ -59,23 +67,28 @@ _NOSIGNAL = getattr(_stdsocket, "MSG_NOSIGNAL", 0)
 _CMSG_CLOEXEC = getattr(_stdsocket, "MSG_CMSG_CLOEXEC", 0)
 _RECV_FLAGS = MSG_PEEK | MSG_DONTWAIT | MSG_WAITALL | _NOSIGNAL | _CMSG_CLOEXEC
 _SEND_FLAGS = MSG_DONTWAIT | _NOSIGNAL | getattr(_stdsocket, "MSG_MORE", 0)
-#: Ring size used for SO_RCVBUF/SO_SNDBUF when the socket did not set one.
+#: Ring size of socketpair() (the monitor picks it for connections).
 DEFAULT_BUF = 256 * 1024
 _MIN_BUF, _MAX_BUF = 4096, 64 * 1024 * 1024
-_BOOL_OPTS = {
-    (SOL_SOCKET, _stdsocket.SO_KEEPALIVE), (SOL_SOCKET, _stdsocket.SO_REUSEADDR),
-    (SOL_SOCKET, getattr(_stdsocket, "SO_REUSEPORT", -1)),
-    (_stdsocket.IPPROTO_TCP, _stdsocket.TCP_NODELAY),
-}
+_BUF_OPTS = ((SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF))
+_UNIX_PATH_MAX = 107       # sun_path is 108 bytes, one for the terminating NUL
 _UNSET = object()
-_detached: dict[int, _RingConn] = {}   # fd -> connection, for socket(fileno=fd) after detach()
+_EAGAIN_MSG = "Resource temporarily unavailable"
+
+# fd -> connection or listener, for socket(fileno=fd) after detach()
+_detached: dict[int, _RingConn | _Listener] = {}
 # fd -> the open ring or listener socket on it, for selectors given bare descriptors
 # (asyncio registers sock.fileno(), not the socket).
 _by_fd: weakref.WeakValueDictionary[int, socket] = weakref.WeakValueDictionary()
+# Every ring connection of this process, for the fork hook.
+_live: weakref.WeakSet[_RingConn] = weakref.WeakSet()
+# Control channel -> pid of the monitor at its other end.
+_chan_monitor: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_local_hosts: dict[str, bool] = {}
 
 
 def socket_for_fd(fd: int) -> socket | None:
-    """The open ring or listener :class:`socket` whose descriptor is *fd*, if any."""
+    """Return the open ring or listener :class:`socket` whose descriptor is *fd*, if any."""
     sock = _by_fd.get(fd)
     if sock is None or sock._closed or (sock._conn is None and sock._lst is None):
         return None
@@ -90,37 +103,94 @@ def _timeout_value(value) -> float | None:
         t = float(value)
     except (TypeError, ValueError):
         raise TypeError("Timeout value must be int, float or None") from None
-    if t < 0.0:
-        raise ValueError("Timeout value out of range")
     if t != t:
         raise ValueError("Invalid value NaN (not a number)")
+    if t < 0.0:
+        raise ValueError("Timeout value out of range")
     return t
 
 
+def _peer_pid(sock: _stdsocket.socket) -> int:
+    """The pid at the other end of a Unix socket (SO_PEERCRED); 0 if unknown."""
+    try:
+        creds = sock.getsockopt(SOL_SOCKET, _stdsocket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return 0
+    return struct.unpack("3i", creds)[0]
+
+
+def _monitor_of(chan: _client.ControlChannel) -> int:
+    """Which monitor (its pid) *chan* talks to: a restarted monitor has another."""
+    pid = _chan_monitor.get(chan)
+    if pid is None:
+        pid = _chan_monitor[chan] = _peer_pid(chan.sock)
+    return pid
+
+
+def _channel_dead(chan: _client.ControlChannel | None) -> bool:
+    """Has the monitor at the other end of *chan* gone (hang-up)?  True for no channel."""
+    if chan is None:
+        return True
+    poller = select.poll()
+    # Only the hang-up: POLLIN may be a reply that another thread waits for.
+    poller.register(chan.sock.fileno(), select.POLLHUP | select.POLLRDHUP)
+    return any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR | select.POLLNVAL)
+               for _, ev in poller.poll(0))
+
+
+def _is_local(host: str) -> bool:
+    """Is *host* (numeric) an address of this host, so that a listener here could own it?"""
+    known = _local_hosts.get(host)
+    if known is None:
+        try:
+            ip = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        known = ip.is_loopback or ip.is_unspecified
+        if not known:
+            fam = AF_INET6 if ip.version == 6 else AF_INET
+            with _stdsocket.socket(fam, _stdsocket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((host, 0))
+                    known = True
+                except OSError:
+                    known = False
+        _local_hosts[host] = known
+    return known
+
+
 class _RingConn:
-    """One ring connection, shared by every socket object that refers to it (dup()).
+    """One end of a ring connection, shared by every socket object that refers to it (dup()).
 
     ``tx`` is the ring this end writes, ``rx`` the one it reads; ``cid`` the
-    monitor's connection id (None for socketpair(), which has no monitor).
+    monitor's connection id (None for socketpair(), which has no monitor) and
+    ``monitor`` the pid of the monitor that set it up.
     """
 
     def __init__(self, tx: Ring, rx: Ring, cid: int | None, family: int,
-                 local, peer) -> None:
+                 local, peer, monitor: int = 0) -> None:
         self.tx, self.rx = tx, rx
         self.writer, self.reader = tx.writer(), rx.reader()
         self.cid = cid
+        self.monitor = monitor
         self.family = family
         self.local, self.peer = local, peer
         self.refs = 1
         self.readiness = False      # fileno() was handed out: keep the eventfd exact
         self.shut_rd = False
         self.shut_wr = False
-        self.opts: dict[tuple[int, int], int] = {}
-        self.ksock: _stdsocket.socket | None = None   # the client's kernel socket: its port
-        self.lock = threading.Lock()
+        # A kernel socket of the same family: the client's bound socket (it
+        # keeps the port reserved) or, made on demand, an unconnected one that
+        # stores and validates the options rings do not interpret.
+        self.shadow: _stdsocket.socket | None = None
+        # (read end, write end) of a pipe made before the first fork() while
+        # this end is open: the kernel counts the processes that hold it.
+        self.hold: tuple[int, int] | None = None
+        _live.add(self)
 
     @classmethod
-    def from_fds(cls, fds: list[int], cid: int | None, family: int, local, peer) -> _RingConn:
+    def from_fds(cls, fds: list[int], cid: int | None, family: int, local, peer,
+                 monitor: int) -> _RingConn:
         """Map the six descriptors of protocol.RING_FDS (they are closed here)."""
         try:
             tx = Ring.attach(RingFds(*fds[0:3]))
@@ -132,7 +202,7 @@ class _RingConn:
         finally:
             for fd in fds:
                 os.close(fd)
-        return cls(tx, rx, cid, family, local, peer)
+        return cls(tx, rx, cid, family, local, peer, monitor)
 
     @property
     def ready_fd(self) -> int:
@@ -143,48 +213,120 @@ class _RingConn:
         """Switch to keeping the eventfd exact (RingReader.settle after reads)."""
         if not self.readiness:
             self.readiness = True
-            self.reader.settle()
+            # settle() trusts that a waiting byte was signalled, which holds only
+            # once the reader has been armed: set the eventfd ourselves this time.
+            if self.shut_rd or self.reader.settle():
+                os.eventfd_write(self.ready_fd, 1)
+
+    def shadow_socket(self) -> _stdsocket.socket:
+        """The kernel socket that answers for options (made on first use)."""
+        if self.shadow is None:
+            self.shadow = _stdsocket.socket(self.family, SOCK_STREAM)
+        return self.shadow
 
     def release(self) -> None:
         """Drop one reference; the last one closes both directions and tells the monitor."""
         self.refs -= 1
         if self.refs > 0:
             return
-        # Connect.tla!Close: the peer sees EOF on what we wrote and EPIPE on writes.
-        self.writer.close()
-        self.reader.close()
+        _live.discard(self)
+        if self._last_holder():
+            # Connect.tla!Close: the peer sees EOF on what we wrote and EPIPE on writes.
+            self.writer.close()
+            self.reader.close()
         self.tx.close()
         self.rx.close()
-        if self.ksock is not None:
-            self.ksock.close()
-        if self.cid is not None:
-            chan = _client.current()
-            if chan is not None:
-                chan.notify(P.CLOSE, {"id": self.cid})
+        if self.shadow is not None:
+            self.shadow.close()
+        self._tell_monitor()
+
+    def _last_holder(self) -> bool:
+        """Is this process the last one holding this end (it was inherited by fork)?
+
+        Each holder has a copy of the pipe's write end; once every copy is
+        closed -- by close or by the holder's exit -- the read end reports
+        POLLHUP.  Whoever closes last sees it, so exactly the last closer
+        (or each of several closing at once: closing twice is harmless)
+        shuts the rings.
+        """
+        hold = self.hold
+        if hold is None:
+            return True
+        self.hold = None
+        r, w = hold
+        os.close(w)
+        try:
+            poller = select.poll()
+            poller.register(r, select.POLLIN)
+            return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+        finally:
+            os.close(r)
+
+    def _tell_monitor(self) -> None:
+        """Connect.tla!Close: one-way CLOSE, only to the monitor that set this up."""
+        if self.cid is None:
+            return
+        chan = _client.current()
+        # A restarted monitor never knew this connection, and its own ids
+        # start again: a stale CLOSE could name one of its connections.
+        if chan is not None and _monitor_of(chan) == self.monitor:
+            chan.notify(P.CLOSE, {"id": self.cid})
+
+
+def _before_fork() -> None:
+    # Both processes will hold every open end: count the holders from now on.
+    for conn in list(_live):
+        if conn.hold is None and conn.refs > 0:
+            conn.hold = os.pipe2(os.O_CLOEXEC)
+
+
+os.register_at_fork(before=_before_fork)
 
 
 def _af_name(family: int) -> str:
     return _RING_FAMILIES[family]
 
 
-def _to_wire(family: int, address) -> list:
-    """Normalise a connect address to the monitor's [host, port] or [path] form."""
-    if family == AF_UNIX:
-        if isinstance(address, (bytes, bytearray)):
-            path = bytes(address).decode("utf-8", "surrogateescape")
-        elif isinstance(address, str):
-            path = address
-        else:
-            path = os.fspath(address)
-        return [path]
-    if not isinstance(address, tuple) or len(address) < 2:
-        raise TypeError(f"{'AF_INET' if family == AF_INET else 'AF_INET6'} address must be "
-                        f"a tuple (host, port), not {type(address).__name__}")
+def _inet_host(family: int, address) -> tuple[str, int]:
+    """Check an AF_INET/AF_INET6 address like the kernel module does; return (host, port)."""
+    name = "AF_INET" if family == AF_INET else "AF_INET6"
+    if not isinstance(address, tuple):
+        raise TypeError(f"connect(): {name} address must be tuple, not "
+                        f"{type(address).__name__}")
+    if family == AF_INET and len(address) != 2:
+        raise TypeError("AF_INET address must be a pair (host, port)")
+    if family == AF_INET6 and not 2 <= len(address) <= 4:
+        raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, scopeid]])")
     host, port = address[0], address[1]
+    if not isinstance(host, (str, bytes, bytearray)):
+        raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
     if not isinstance(port, int) or isinstance(port, bool):
         raise TypeError(f"'{type(port).__name__}' object cannot be interpreted as an integer")
     if not 0 <= port <= 65535:
         raise OverflowError("connect(): port must be 0-65535.")
+    if isinstance(host, (bytes, bytearray)):
+        host = bytes(host).decode("idna")
+    if host == "":
+        host = "0.0.0.0" if family == AF_INET else "::"
+    return host, port
+
+
+def _to_wire(family: int, address) -> list:
+    """Normalise a connect address to the monitor's [host, port] or [path] form."""
+    if family == AF_UNIX:
+        if isinstance(address, str):
+            raw = address.encode("utf-8", "surrogateescape")
+        else:
+            raw = bytes(memoryview(address))   # TypeError like the kernel's for others
+        if len(raw) > _UNIX_PATH_MAX:
+            raise OSError("AF_UNIX path too long")
+        path = raw.decode("utf-8", "surrogateescape")
+        if path and not path.startswith("\0") and not os.path.isabs(path):
+            # The monitor compares names, not files: a relative name means
+            # another file in another directory.
+            path = os.path.abspath(path)
+        return [path]
+    host, port = _inet_host(family, address)
     info = _stdsocket.getaddrinfo(host, port, family, SOCK_STREAM)
     return [info[0][4][0], port]
 
@@ -200,6 +342,10 @@ def _from_wire(family: int, addr) -> object:
     return (addr[0], addr[1])
 
 
+def _eagain() -> BlockingIOError:
+    return BlockingIOError(errno.EAGAIN, _EAGAIN_MSG)
+
+
 class socket(_stdsocket.socket):
     """A socket.socket that connects over shared memory where it can.
 
@@ -207,38 +353,59 @@ class socket(_stdsocket.socket):
     docstring for what differs.
     """
 
-    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs")
+    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute")
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None) -> None:
-        """Create a socket like socket.socket(family, type, proto, fileno)."""
-        conn = _detached.pop(fileno, None) if fileno is not None else None
-        if conn is not None:
-            self._init_ring(conn, fileno)
+        """Create a socket like socket.socket(family, type, proto, fileno).
+
+        *fileno* may also be a descriptor that :meth:`detach` returned for a
+        ring or listener socket: the new object takes the connection up again.
+        """
+        held = _detached.pop(fileno, None) if isinstance(fileno, int) else None
+        if isinstance(held, _RingConn):
+            self._init_ring(held, fileno, close_src=True)
+            return
+        if isinstance(held, _Listener):
+            self._init_listener(held, fileno)
             return
         super().__init__(family, type, proto, fileno)
         self._conn: _RingConn | None = None
         self._lst: _Listener | None = None
         self._rtimeout = _UNSET
         self._bufs: dict[tuple[int, int], int] = {}
+        self._kroute = False
 
-    def _init_ring(self, conn: _RingConn, fd: int) -> None:
-        """Become a ring socket on descriptor *fd* (which must name conn's eventfd)."""
+    def _adopt(self, family: int, type: int, proto: int, src: int, close_src: bool) -> None:
+        """Become a socket object on a copy of descriptor *src* (any kind of descriptor)."""
         # socket.socket refuses a descriptor that is not a socket, so start
-        # from a throwaway kernel socket and put the eventfd in its place.
-        _stdsocket.socket.__init__(self, conn.family, SOCK_STREAM, 0)
-        os.dup2(fd, super().fileno(), inheritable=False)
-        if fd != super().fileno():
-            os.close(fd)
+        # from a throwaway kernel socket and put *src* in its place.
+        _stdsocket.socket.__init__(self, family, type, proto)
+        fd = _stdsocket.socket.fileno(self)
+        os.dup2(src, fd, inheritable=False)
+        if close_src:
+            os.close(src)
+        self._bufs = {}
+        self._kroute = False
+        _by_fd[fd] = self
+
+    def _init_ring(self, conn: _RingConn, src: int, *, close_src: bool, type: int = SOCK_STREAM,
+                   proto: int = 0) -> None:
+        """Become a ring socket whose descriptor is a copy of *src* (conn's eventfd)."""
         self._conn = conn
         self._lst = None
         self._rtimeout = _stdsocket.getdefaulttimeout()
-        self._bufs = {}
-        _by_fd[_stdsocket.socket.fileno(self)] = self
+        self._adopt(conn.family, type, proto, src, close_src)
+
+    def _init_listener(self, lst: _Listener, fd: int) -> None:
+        self._conn = None
+        self._lst = lst
+        self._rtimeout = _stdsocket.getdefaulttimeout()
+        self._adopt(lst.family, SOCK_STREAM, 0, fd, True)
 
     @classmethod
-    def _from_conn(cls, conn: _RingConn) -> socket:
+    def _from_conn(cls, conn: _RingConn, type: int = SOCK_STREAM, proto: int = 0) -> socket:
         sock = cls.__new__(cls)
-        sock._init_ring(conn, os.dup(conn.ready_fd))
+        sock._init_ring(conn, conn.ready_fd, close_src=False, type=type, proto=proto)
         return sock
 
     # -- what kind of socket is this -------------------------------------------
@@ -251,25 +418,27 @@ class socket(_stdsocket.socket):
 
     def _ring(self) -> _RingConn:
         conn = self._conn
-        if conn is None or self._closed:
+        if conn is None:
             raise OSError(errno.EBADF, "Bad file descriptor")
         return conn
 
     def __repr__(self) -> str:
+        """Like socket.socket's repr, with the transport of ring and listener sockets."""
         if self._conn is None and self._lst is None:
-            return super().__repr__().replace("<socket.socket", "<impl.socket", 1)
-        s = (f"<impl.socket fd={_stdsocket.socket.fileno(self)}, transport={self.transport}, "
-             f"family={self.family}, type={self.type}, proto={self.proto}")
-        if not self._closed:
-            try:
-                s += f", laddr={self.getsockname()}"
-                if self._conn is not None:
-                    s += f", raddr={self.getpeername()}"
-            except OSError:
-                pass
-        return s + ">"
+            text = super().__repr__()
+            return "<impl.socket" + text[text.index(" "):]
+        s = (f"<impl.socket fd={_stdsocket.socket.fileno(self)}, family={self.family}, "
+             f"type={self.type}, proto={self.proto}")
+        try:
+            s += f", laddr={self.getsockname()}"
+            if self._conn is not None:
+                s += f", raddr={self.getpeername()}"
+        except OSError:
+            pass
+        return s + f", transport={self.transport}>"
 
     def __getstate__(self):
+        """Refuse pickling, as socket.socket does."""
         raise TypeError(f"cannot pickle {self.__class__.__name__!r} object")
 
     # -- descriptors ----------------------------------------------------------------
@@ -283,33 +452,40 @@ class socket(_stdsocket.socket):
         find the ring full.
         """
         conn = self._conn
-        if conn is not None and not self._closed:
+        if conn is not None:
             conn.arm()
         return super().fileno()
 
     def dup(self) -> socket:
-        """Return a new socket object for the same connection (closed independently)."""
-        conn = self._conn
-        if conn is None:
-            if self._lst is not None:
-                raise OSError(errno.EOPNOTSUPP, "dup() of a socksdirect listener is not "
-                              "supported yet")
+        """Return a new socket object for the same socket (closed independently)."""
+        conn, lst = self._conn, self._lst
+        if conn is None and lst is None:
             fd = _stdsocket.dup(super().fileno())
             return self.__class__(self.family, self.type, self.proto, fileno=fd)
-        self._ring()
-        conn.refs += 1
-        return self._from_conn(conn)
+        sock = self.__class__.__new__(self.__class__)
+        if conn is not None:
+            conn.refs += 1
+            sock._init_ring(conn, super().fileno(), close_src=False, type=self.type,
+                            proto=self.proto)
+        else:
+            lst.refs += 1
+            sock._init_listener(lst, os.dup(super().fileno()))
+        sock._rtimeout = self._rtimeout
+        return sock
 
     def detach(self) -> int:
         """Close the socket object without closing the descriptor; return it.
 
-        A ring connection stays open: ``impl.socket(fileno=fd)`` takes it up again.
+        A ring connection or listener stays open: ``impl.socket(fileno=fd)``
+        takes it up again.
         """
-        conn = self._conn
+        conn, lst = self._conn, self._lst
         fd = super().detach()
-        if conn is not None and fd >= 0:
-            self._conn = None
-            _detached[fd] = conn
+        if fd >= 0 and (conn is not None or lst is not None):
+            self._conn = self._lst = None
+            if _by_fd.get(fd) is self:
+                del _by_fd[fd]
+            _detached[fd] = conn if conn is not None else lst
         return fd
 
     def _real_close(self, _ss=_stdsocket.socket) -> None:
@@ -322,32 +498,59 @@ class socket(_stdsocket.socket):
             if conn is not None:
                 conn.release()
             if lst is not None:
-                lst.close()
+                lst.release()
         finally:
             super()._real_close()
 
     def __del__(self) -> None:
+        """Close a collected ring or listener socket, so that the peer is told."""
         if getattr(self, "_conn", None) is not None or getattr(self, "_lst", None) is not None:
-            # Like a kernel socket collected unclosed: close, so the peer is told.
             import warnings
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
+            self.close()
+
+    def get_inheritable(self) -> bool:
+        """Get the inheritable flag of the descriptor."""
+        return super().get_inheritable()
+
+    def set_inheritable(self, inheritable: bool) -> None:
+        """Set the inheritable flag of the descriptor.
+
+        A ring socket's descriptor is an eventfd: a program started with
+        exec() inherits it but cannot use the connection.
+        """
+        super().set_inheritable(inheritable)
+
+    def close(self) -> None:
+        """Close the socket; a ring connection closes for the peer when its last copy does."""
+        super().close()
+
+    def __enter__(self) -> socket:
+        """Return the socket itself (``with`` closes it)."""
+        return self
+
+    def __exit__(self, *args) -> None:
+        """Close the socket."""
+        if not self._closed:
             self.close()
 
     # -- timeouts ---------------------------------------------------------------------
     def settimeout(self, value) -> None:
         """Set a timeout on blocking operations (None: block; 0.0: non-blocking)."""
-        if self._conn is None and self._lst is None:
+        if self._rtimeout is _UNSET:
             super().settimeout(value)
-        else:
-            # Not the kernel's: a ring socket's descriptor is an eventfd that
-            # the ring's waits rely on staying non-blocking.
-            self._rtimeout = _timeout_value(value)
+            return
+        # Not the kernel's: a ring socket's descriptor is an eventfd that
+        # the ring's waits rely on staying non-blocking.
+        self._rtimeout = _timeout_value(value)
+        if _stdsocket.socket.fileno(self) < 0:
+            # The kernel's socket object keeps the value and then fails, too.
+            raise OSError(errno.EBADF, "Bad file descriptor")
 
     def gettimeout(self) -> float | None:
         """Return the timeout in seconds, or None."""
-        if self._conn is None and self._lst is None:
-            return super().gettimeout()
-        return self._rtimeout
+        t = self._rtimeout
+        return super().gettimeout() if t is _UNSET else t
 
     def setblocking(self, flag: bool) -> None:
         """Set blocking (True) or non-blocking (False) mode."""
@@ -373,35 +576,48 @@ class socket(_stdsocket.socket):
         A connect that the monitor's rules deny raises ConnectionRefusedError
         and never falls back to the kernel.
         """
-        if self._conn is not None or self._lst is not None:
-            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
-        if not self._ring_capable():
-            return super().connect(address)
-        conn = self._ask_monitor(address)
-        if conn is None:
-            return super().connect(address)
-        self._become_ring(conn)
-        return None
+        self._connect(address, False)
 
     def connect_ex(self, address) -> int:
-        """Like connect(), but return an errno (0 on success) instead of raising."""
-        try:
-            self.connect(address)
-        except OSError as exc:
-            if exc.errno is None:
+        """Like connect(), but return an errno (0 on success) instead of raising it."""
+        return self._connect(address, True)
+
+    def _connect(self, address, ex: bool):
+        if self._conn is not None:
+            if ex:
+                return errno.EISCONN
+            raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+        lst = self._lst
+        if lst is not None:
+            return lst.ksock.connect_ex(address) if ex else lst.ksock.connect(address)
+        if not self._kroute and self._ring_capable():
+            try:
+                conn = self._ask_monitor(address)
+            except (TypeError, ValueError, OverflowError, _stdsocket.gaierror):
                 raise
-            return exc.errno
-        return 0
+            except OSError as exc:
+                if ex and exc.errno is not None:
+                    return exc.errno
+                raise
+            if conn is not None:
+                self._become_ring(conn)
+                return 0 if ex else None
+            self._kroute = True  # the kernel's from now on: its EALREADY, EISCONN, ...
+        return super().connect_ex(address) if ex else super().connect(address)
 
     def _ask_monitor(self, address) -> _RingConn | None:
         """Connect.tla!Connect: ask for a ring; None means "use the kernel"."""
         family = self.family
         dest = _to_wire(family, address)
+        try:
+            super().getpeername()
+            return None  # connected already (a descriptor handed to us): the kernel's EISCONN
+        except OSError:
+            pass
         if family != AF_UNIX and not self._bind_for_ring(dest[0]):
             return None  # not an address of this host: no socksdirect listener can own it
         body = {"family": _af_name(family), "address": dest,
-                "rcvbuf": self._buf_opt(_stdsocket.SO_RCVBUF),
-                "sndbuf": self._buf_opt(_stdsocket.SO_SNDBUF)}
+                "rcvbuf": self._buf_opt(SO_RCVBUF), "sndbuf": self._buf_opt(SO_SNDBUF)}
         for attempt in (0, 1):
             chan = _client.channel(fresh=attempt > 0)
             if chan is None:
@@ -422,13 +638,12 @@ class socket(_stdsocket.socket):
             return None
         local = super().getsockname()
         return _RingConn.from_fds(reply.fds, reply.body["id"], family, local,
-                                  _from_wire(family, reply.body["peer"]))
+                                  _from_wire(family, reply.body["peer"]), _monitor_of(chan))
 
     def _bind_for_ring(self, host: str) -> bool:
         """Make sure we hold a local port; False if *host* is not an address of this host."""
-        sockname = super().getsockname()
-        if sockname[1] != 0:
-            return True  # bound by the user: theirs to choose
+        if super().getsockname()[1] != 0:
+            return _is_local(host)  # bound by the user: theirs to choose
         try:
             super().bind((host, 0))
         except OSError as exc:
@@ -438,20 +653,17 @@ class socket(_stdsocket.socket):
         return True
 
     def _buf_opt(self, opt: int) -> int:
-        v = self._opts_kernel().get((SOL_SOCKET, opt))
+        # SO_RCVBUF/SO_SNDBUF set before connect are remembered: the kernel
+        # rounds and doubles them, the ring uses the value asked for.
+        v = self._bufs.get((SOL_SOCKET, opt))
         return 0 if v is None else max(_MIN_BUF, min(_MAX_BUF, v))
-
-    def _opts_kernel(self) -> dict:
-        # SO_RCVBUF/SO_SNDBUF set before connect are remembered here: the
-        # kernel rounds and doubles them, the ring uses the value asked for.
-        return self._bufs
 
     def _become_ring(self, conn: _RingConn) -> None:
         """Put the connection's eventfd in place of our kernel socket's descriptor."""
         timeout = super().gettimeout()
         fd = super().fileno()
-        conn.ksock = _stdsocket.socket(fileno=os.dup(fd))  # keeps the port reserved
-        os.dup2(conn.ready_fd, fd, inheritable=False)
+        conn.shadow = _stdsocket.socket(fileno=os.dup(fd))  # keeps the port reserved
+        os.dup2(conn.ready_fd, fd, inheritable=os.get_inheritable(fd))
         self._conn = conn
         self._rtimeout = timeout
         _by_fd[fd] = self
@@ -466,14 +678,15 @@ class socket(_stdsocket.socket):
         if self._lst is not None:
             self._lst.ksock.listen(backlog)
             return
-        if not self._ring_capable():
-            return super().listen(backlog)
-        lst = _Listener.register(self, backlog)
+        super().listen(backlog)
+        if not self._ring_capable() or self._kroute:
+            return
+        lst = _Listener.start(self, backlog)
         if lst is None:
-            return super().listen(backlog)
+            return  # no monitor: the kernel's listener alone
         timeout = super().gettimeout()
         fd = super().fileno()
-        os.dup2(lst.epoll.fileno(), fd, inheritable=False)
+        os.dup2(lst.epoll.fileno(), fd, inheritable=os.get_inheritable(fd))
         self._lst = lst
         self._rtimeout = timeout
         _by_fd[fd] = self
@@ -491,23 +704,29 @@ class socket(_stdsocket.socket):
             return sock, addr
         return lst.accept(self, self._rtimeout)
 
-    # -- data -----------------------------------------------------------------------------
-    def _nonblocking(self, flags: int) -> bool:
-        return bool(flags & MSG_DONTWAIT) or self._rtimeout == 0.0
-
+    # -- receiving ------------------------------------------------------------------------
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to *bufsize* bytes; b"" at EOF."""
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.recv(bufsize, flags)
             return super().recv(bufsize, flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        if not flags & MSG_WAITALL:
+            # No more than the ring holds can arrive in one call.
+            bufsize = min(bufsize, conn.rx.capacity)
         buf = bytearray(bufsize)
-        n = self._recv_ring(buf, bufsize, flags)
+        n = self._recv_ring(conn, buf, flags)
         return bytes(buf) if n == bufsize else bytes(memoryview(buf)[:n])
 
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into *buffer* (up to *nbytes*, default its size); return the count."""
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.recv_into(buffer, nbytes, flags)
             return super().recv_into(buffer, nbytes, flags)
         view = memoryview(buffer).cast("B")
         if nbytes < 0:
@@ -516,33 +735,48 @@ class socket(_stdsocket.socket):
             nbytes = len(view)
         elif nbytes > len(view):
             raise ValueError("buffer too small for requested bytes")
-        return self._recv_ring(view, nbytes, flags)
+        if nbytes < len(view):
+            view = view[:nbytes]
+        return self._recv_ring(conn, view, flags)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> tuple[bytes, object]:
         """Like recv(); the address is None, as for a connected TCP socket."""
         if self._conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.recvfrom(bufsize, flags)
             return super().recvfrom(bufsize, flags)
         return self.recv(bufsize, flags), None
 
     def recvfrom_into(self, buffer, nbytes: int = 0, flags: int = 0) -> tuple[int, object]:
         """Like recv_into(); the address is None."""
         if self._conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.recvfrom_into(buffer, nbytes, flags)
             return super().recvfrom_into(buffer, nbytes, flags)
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0):
         """Like recv(); returns (data, [], msg_flags, None): rings carry no ancillary data."""
         if self._conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.recvmsg(bufsize, ancbufsize, flags)
             return super().recvmsg(bufsize, ancbufsize, flags)
+        if ancbufsize < 0:
+            raise ValueError("negative buffer size in recvmsg()")
         return self.recv(bufsize, flags), [], 0, None
 
     def recvmsg_into(self, buffers, ancbufsize: int = 0, flags: int = 0):
         """Scatter into *buffers*; returns (nbytes, [], msg_flags, None)."""
         if self._conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.recvmsg_into(buffers, ancbufsize, flags)
             return super().recvmsg_into(buffers, ancbufsize, flags)
+        if ancbufsize < 0:
+            raise ValueError("negative buffer size in recvmsg_into()")
         views = [memoryview(b).cast("B") for b in buffers]
-        total = sum(len(v) for v in views)
-        data = self.recv(total, flags)
+        if len(views) == 1:
+            return self.recv_into(views[0], 0, flags), [], 0, None
+        data = self.recv(sum(len(v) for v in views), flags)
         off = 0
         for v in views:
             k = min(len(v), len(data) - off)
@@ -550,57 +784,78 @@ class socket(_stdsocket.socket):
             off += k
         return len(data), [], 0, None
 
-    def _recv_ring(self, view, n: int, flags: int) -> int:
-        conn = self._ring()
+    def _recv_ring(self, conn: _RingConn, view, flags: int) -> int:
+        """Read into *view* per *flags*, waiting as the timeout says (RingCredit!Recv)."""
         if flags & ~_RECV_FLAGS:
             raise OSError(errno.EOPNOTSUPP, f"recv flags {flags & ~_RECV_FLAGS:#x} are not "
                           "supported on a socksdirect ring connection")
-        if conn.shut_rd or n == 0:
+        if not len(view):
             return 0
         reader = conn.reader
         peek = bool(flags & MSG_PEEK)
-        if n < len(view):
-            view = memoryview(view)[:n]
+        armed = conn.readiness
+        waited = False
+        timeout = self._rtimeout
         try:
-            if self._nonblocking(flags):
+            # MSG_DONTWAIT counts only on a blocking socket: with a timeout,
+            # socket.socket waits for readiness first, whatever the flags.
+            if timeout == 0.0 or conn.shut_rd or (flags & MSG_DONTWAIT and timeout is None):
                 got = reader.read_into(view, peek=peek)  # RingCredit!Recv
-                if got == 0 and not reader.eof:
-                    if conn.readiness:
-                        reader.settle()
-                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-            else:
-                got = reader.recv_into(view, self._rtimeout, peek=peek)
-                if flags & MSG_WAITALL and not peek:
-                    got = self._recv_rest(view, got, n)
+                # After SHUT_RD a read never waits: b"" once the ring is empty.
+                if got == 0 and not conn.shut_rd and not reader.eof:
+                    raise _eagain()
+                return got
+            if armed:
+                # Try without waiting first: a wait drains the eventfd, which
+                # settle() must then know about.
+                got = reader.read_into(view, peek=peek)
+                if got or reader.eof:
+                    return got
+                waited = True
+            got = reader.recv_into(view, timeout, peek=peek)
+            if flags & MSG_WAITALL and not peek and 0 < got < len(view):
+                got = self._recv_rest(reader, view, got)
+            return got
         except TimeoutError:
             raise TimeoutError("timed out") from None
         except BrokenPipeError:
             raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer") from None
-        if conn.readiness:
-            reader.settle()
-        return got
+        finally:
+            if armed and not conn.shut_rd and not reader.closed:
+                # RingWakeup: keep the eventfd readable exactly while data or EOF waits.
+                if reader.settle() and waited:
+                    os.eventfd_write(conn.ready_fd, 1)
 
-    def _recv_rest(self, view, got: int, n: int) -> int:
-        reader = self._conn.reader
-        while 0 < got < n:
-            k = reader.recv_into(view[got:], self._rtimeout)
+    def _recv_rest(self, reader, view, got: int) -> int:
+        """MSG_WAITALL: go on until *view* is full, EOF, or the timeout (partial then)."""
+        view = memoryview(view)   # a slice of a bytearray would be a copy
+        n = len(view)
+        while got < n:
+            try:
+                k = reader.recv_into(view[got:], self._rtimeout)
+            except TimeoutError:
+                break
             if k == 0:
                 break
             got += k
         return got
 
+    # -- sending ----------------------------------------------------------------------------
     def send(self, data, flags: int = 0) -> int:
         """Send *data*; return the number of bytes sent (all of it when blocking)."""
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.send(data, flags)
             return super().send(data, flags)
-        writer = self._writer(flags)
+        writer = self._writer(conn, flags)
+        timeout = self._rtimeout
         try:
-            if self._nonblocking(flags):
+            if timeout == 0.0 or (flags & MSG_DONTWAIT and timeout is None):
                 n = writer.write(data)  # RingCredit!Write
                 if n == 0 and len(memoryview(data)):
-                    raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                    raise _eagain()
                 return n
-            timeout = self._rtimeout
             if timeout is None:
                 writer.send_all(data)
                 return memoryview(data).nbytes
@@ -618,20 +873,24 @@ class socket(_stdsocket.socket):
 
     def sendall(self, data, flags: int = 0) -> None:
         """Send all of *data* (the timeout bounds the whole call)."""
-        if self._conn is None:
+        conn = self._conn
+        if conn is None:
+            if self._lst is not None:
+                return self._lst.ksock.sendall(data, flags)
             return super().sendall(data, flags)
-        writer = self._writer(flags)
+        writer = self._writer(conn, flags)
+        timeout = self._rtimeout
         try:
-            if self._nonblocking(flags):
+            if timeout == 0.0 or (flags & MSG_DONTWAIT and timeout is None):
                 view = memoryview(data).cast("B")
                 off = 0
                 while off < len(view):
                     k = writer.write(view[off:])
                     if k == 0:
-                        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+                        raise _eagain()
                     off += k
                 return None
-            writer.send_all(data, self._rtimeout)
+            writer.send_all(data, timeout)
         except TimeoutError:
             raise TimeoutError("timed out") from None
         except BrokenPipeError:
@@ -639,22 +898,33 @@ class socket(_stdsocket.socket):
         return None
 
     def sendto(self, data, flags_or_addr, addr=_UNSET) -> int:
-        """On a connected stream socket the address is ignored, as TCP does."""
+        """Send *data*; on a connected stream socket the address is ignored, as TCP does."""
         if self._conn is None:
+            target = self._lst.ksock if self._lst is not None else super()
             if addr is _UNSET:
-                return super().sendto(data, flags_or_addr)
-            return super().sendto(data, flags_or_addr, addr)
+                return target.sendto(data, flags_or_addr)
+            return target.sendto(data, flags_or_addr, addr)
         flags = 0 if addr is _UNSET else flags_or_addr
         return self.send(data, flags)
 
     def sendmsg(self, buffers, ancdata=(), flags: int = 0, address=None) -> int:
         """Send the concatenation of *buffers*; ancillary data is refused (EOPNOTSUPP)."""
         if self._conn is None:
-            return super().sendmsg(buffers, ancdata, flags, address)
+            target = self._lst.ksock if self._lst is not None else super()
+            return target.sendmsg(buffers, ancdata, flags, address)
         if list(ancdata):
             raise OSError(errno.EOPNOTSUPP, "ancillary data (SCM_RIGHTS, ...) cannot travel "
                           "over a socksdirect ring connection; use a kernel AF_UNIX socket")
-        return self.send(b"".join(bytes(memoryview(b).cast("B")) for b in buffers), flags)
+        views = [memoryview(b).cast("B") for b in buffers]
+        return self.send(views[0] if len(views) == 1 else b"".join(views), flags)
+
+    def sendmsg_afalg(self, msg=(), *, op, iv=None, assoclen=None, flags: int = 0) -> int:
+        """AF_ALG (kernel crypto) sockets only: a ring connection refuses it (EOPNOTSUPP)."""
+        if self._conn is None:
+            target = self._lst.ksock if self._lst is not None else super()
+            return target.sendmsg_afalg(msg, op=op, iv=iv, assoclen=assoclen, flags=flags)
+        raise OSError(errno.EOPNOTSUPP, "sendmsg_afalg() is for AF_ALG sockets, not a "
+                      "socksdirect ring connection")
 
     def sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
         """Send a file's contents (read and copied: no sendfile(2) into a ring)."""
@@ -662,8 +932,7 @@ class socket(_stdsocket.socket):
             return super().sendfile(file, offset, count)
         return self._sendfile_use_send(file, offset, count)
 
-    def _writer(self, flags: int):
-        conn = self._ring()
+    def _writer(self, conn: _RingConn, flags: int):
         if flags & ~_SEND_FLAGS:
             raise OSError(errno.EOPNOTSUPP, f"send flags {flags & ~_SEND_FLAGS:#x} are not "
                           "supported on a socksdirect ring connection")
@@ -671,14 +940,24 @@ class socket(_stdsocket.socket):
             raise BrokenPipeError(errno.EPIPE, "Broken pipe")
         return conn.writer
 
+    def makefile(self, mode="r", buffering=None, *, encoding=None, errors=None, newline=None):
+        """Return a file object reading and/or writing this socket (see socket.makefile)."""
+        return super().makefile(mode, buffering, encoding=encoding, errors=errors,
+                                newline=newline)
+
     def shutdown(self, how: int) -> None:
-        """Shut down reading (SHUT_RD), writing (SHUT_WR: the peer sees EOF) or both."""
+        """Shut down reading (SHUT_RD), writing (SHUT_WR: the peer sees EOF) or both.
+
+        After SHUT_RD, recv returns what is still in the ring and then b""
+        without waiting, as a TCP socket does.
+        """
         conn = self._conn
         if conn is None:
             if self._lst is not None:
-                raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
-            return super().shutdown(how)
-        self._ring()
+                self._lst.shutdown(how)
+                return
+            super().shutdown(how)
+            return
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise OSError(errno.EINVAL, "Invalid argument")
         if how in (SHUT_WR, SHUT_RDWR) and not conn.shut_wr:
@@ -687,13 +966,13 @@ class socket(_stdsocket.socket):
         if how in (SHUT_RD, SHUT_RDWR) and not conn.shut_rd:
             conn.shut_rd = True
             if conn.readiness:
-                os.eventfd_write(conn.ready_fd, 1)  # recv returns b"" now: readable
+                os.eventfd_write(conn.ready_fd, 1)  # recv never blocks now: readable
 
     # -- names and options ------------------------------------------------------------------
     def getsockname(self):
         """Return the local address."""
         if self._conn is not None:
-            return self._ring().local
+            return self._conn.local
         if self._lst is not None:
             return self._lst.ksock.getsockname()
         return super().getsockname()
@@ -701,72 +980,39 @@ class socket(_stdsocket.socket):
     def getpeername(self):
         """Return the remote address."""
         if self._conn is not None:
-            return self._ring().peer
+            return self._conn.peer
         if self._lst is not None:
-            raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+            return self._lst.ksock.getpeername()
         return super().getpeername()
 
     def setsockopt(self, level: int, optname: int, value, optlen: int | None = None) -> None:
-        """Set an option; SO_RCVBUF / SO_SNDBUF size a ring connection's rings."""
+        """Set an option; SO_RCVBUF / SO_SNDBUF set before connect or listen size the rings."""
+        args = (value,) if optlen is None else (value, optlen)
         if self._lst is not None:
-            args = (value,) if optlen is None else (value, optlen)
             return self._lst.ksock.setsockopt(level, optname, *args)
         conn = self._conn
         if conn is None:
-            if optlen is None:
-                super().setsockopt(level, optname, value)
-            else:
-                super().setsockopt(level, optname, value, optlen)
-            if level == SOL_SOCKET and optname in (_stdsocket.SO_RCVBUF, _stdsocket.SO_SNDBUF):
-                self._bufs[(level, optname)] = int(value)
+            super().setsockopt(level, optname, *args)
+            if (level, optname) in _BUF_OPTS and isinstance(value, int):
+                self._bufs[(level, optname)] = value
             return None
-        self._ring()
-        if (level, optname) in _BOOL_OPTS or (level, optname) in (
-                (SOL_SOCKET, _stdsocket.SO_RCVBUF), (SOL_SOCKET, _stdsocket.SO_SNDBUF)):
-            if optlen is not None or not isinstance(value, int):
-                raise OSError(errno.EINVAL, "Invalid argument")
-            conn.opts[(level, optname)] = value
-            return None
-        ksock = getattr(conn, "ksock", None)
-        if ksock is None:
-            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
-        args = (value,) if optlen is None else (value, optlen)
-        return ksock.setsockopt(level, optname, *args)
+        # The kernel socket validates and keeps every option, as it would for
+        # a connection; a ring's size is fixed once it exists.
+        return conn.shadow_socket().setsockopt(level, optname, *args)
 
     def getsockopt(self, level: int, optname: int, buflen: int | None = None):
-        """Get an option; a ring connection answers for its rings."""
+        """Get an option; a ring connection reports its rings' sizes as SO_RCVBUF/SO_SNDBUF."""
+        args = () if buflen is None else (buflen,)
         if self._lst is not None:
-            args = () if buflen is None else (buflen,)
             return self._lst.ksock.getsockopt(level, optname, *args)
         conn = self._conn
         if conn is None:
-            if buflen is None:
-                return super().getsockopt(level, optname)
-            return super().getsockopt(level, optname, buflen)
-        self._ring()
-        if buflen is None:
-            if level == SOL_SOCKET:
-                if optname == _stdsocket.SO_TYPE:
-                    return SOCK_STREAM
-                if optname == _stdsocket.SO_ERROR:
-                    return 0
-                if optname == _stdsocket.SO_RCVBUF:
-                    return conn.rx.capacity
-                if optname == _stdsocket.SO_SNDBUF:
-                    return conn.tx.capacity
-                if optname == getattr(_stdsocket, "SO_ACCEPTCONN", -1):
-                    return 0
-                if optname == getattr(_stdsocket, "SO_DOMAIN", -1):
-                    return int(conn.family)
-                if optname == getattr(_stdsocket, "SO_PROTOCOL", -1):
-                    return self.proto
-            if (level, optname) in _BOOL_OPTS:
-                return conn.opts.get((level, optname), 0)
-        ksock = getattr(conn, "ksock", None)
-        if ksock is None:
-            raise OSError(errno.ENOPROTOOPT, "Protocol not available")
-        args = () if buflen is None else (buflen,)
-        return ksock.getsockopt(level, optname, *args)
+            return super().getsockopt(level, optname, *args)
+        value = conn.shadow_socket().getsockopt(level, optname, *args)
+        if (level, optname) in _BUF_OPTS:
+            size = (conn.rx if optname == SO_RCVBUF else conn.tx).capacity
+            return size if buflen is None else struct.pack("i", size)[:len(value)]
+        return value
 
     def bind(self, address) -> None:
         """Bind to *address* (always the kernel's: ports belong to the kernel)."""
@@ -774,109 +1020,148 @@ class socket(_stdsocket.socket):
             raise OSError(errno.EINVAL, "Invalid argument")
         return super().bind(address)
 
-    # The class must define every public method of socket.socket itself
-    # (CPython's tests look them up on the class): these keep the kernel's
-    # meaning, since the descriptor they act on is ours in every transport.
-    def get_inheritable(self) -> bool:
-        """Get the inheritable flag of the descriptor."""
-        return super().get_inheritable()
-
-    def set_inheritable(self, inheritable: bool) -> None:
-        """Set the inheritable flag of the descriptor."""
-        super().set_inheritable(inheritable)
-
-    def makefile(self, mode="r", buffering=None, *, encoding=None, errors=None, newline=None):
-        """Return a file object reading and/or writing this socket (see socket.makefile)."""
-        return super().makefile(mode, buffering, encoding=encoding, errors=errors,
-                                newline=newline)
-
-    def close(self) -> None:
-        """Close the socket; a ring connection closes for the peer when its last copy does."""
-        super().close()
-
-    def __enter__(self) -> socket:
-        return self
-
-    def __exit__(self, *args) -> None:
-        if not self._closed:
-            self.close()
-
 
 class _Listener:
-    """A listening socket's two sources of connections, in one epoll set."""
+    """A listening socket's two sources of connections, in one epoll set.
 
-    def __init__(self, ksock: _stdsocket.socket, chan: _client.ControlChannel,
-                 family: int) -> None:
+    The kernel listening socket (``ksock``) brings kernel clients; the
+    listener's own channel to the monitor brings ring connections (NEWCONN).
+    When the monitor goes away the channel reads EOF; the listener then
+    registers again with the monitor that runs now -- at once, on later
+    accept() calls, and every RETRY seconds while an accept() waits -- so
+    that ring connections resume once a monitor is back.
+    """
+
+    #: Seconds between attempts to register again while no monitor answers.
+    RETRY = 1.0
+
+    def __init__(self, ksock: _stdsocket.socket, family: int, backlog: int,
+                 bufs: dict) -> None:
         self.ksock = ksock
-        self.chan = chan
         self.family = family
+        self.backlog = backlog
+        self.rcvbuf = bufs.get((SOL_SOCKET, SO_RCVBUF), 0)
+        self.sndbuf = bufs.get((SOL_SOCKET, SO_SNDBUF), 0)
+        self.chan: _client.ControlChannel | None = None
+        self.monitor = 0            # pid of the monitor we are registered with
+        self.refs = 1
+        self.stopped = False        # denied or shut down: never register again
+        self.next_try = 0.0         # monotonic time of the next attempt to register
         self.epoll = select.epoll()
         self.epoll.register(ksock.fileno(), select.EPOLLIN)
-        self.epoll.register(chan.sock.fileno(), select.EPOLLIN)
         ksock.setblocking(False)
 
     @classmethod
-    def register(cls, sock: socket, backlog: int) -> _Listener | None:
-        """Connect.tla!Listen: bind the kernel socket and register it; None without a monitor."""
-        family = sock.family
-        if family != AF_UNIX and _stdsocket.socket.getsockname(sock)[1] == 0:
-            # listen() would bind an ephemeral port; do it now, so that the
-            # monitor sees the port the kernel gave us.
-            _stdsocket.socket.bind(sock, ("::" if family == AF_INET6 else "0.0.0.0", 0))
-        if family == AF_UNIX and not _stdsocket.socket.getsockname(sock):
-            return None  # an unbound AF_UNIX listener (autobind): the kernel's alone
-        _stdsocket.socket.listen(sock, backlog)
+    def start(cls, sock: socket, backlog: int) -> _Listener | None:
+        """Register the (already listening) kernel socket of *sock*; None without a monitor.
+
+        Raises PermissionError if the monitor's rules deny it; the kernel
+        socket then stops listening.
+        """
+        ksock = _stdsocket.socket(fileno=os.dup(_stdsocket.socket.fileno(sock)))
+        bufs = {k: sock._buf_opt(k[1]) for k in _BUF_OPTS if k in sock._bufs}
+        lst = cls(ksock, sock.family, max(0, min(backlog, 65535)), bufs)
+        try:
+            if lst.register():
+                return lst
+        except PermissionError:
+            lst.close()
+            try:
+                _stdsocket.socket.shutdown(sock, SHUT_RD)  # a TCP listener stops listening
+            except OSError:
+                pass
+            raise
+        lst.close()
+        return None
+
+    def register(self) -> bool:
+        """Connect.tla!Listen: register with the monitor on a channel of our own.
+
+        Returns False when no monitor answers (try again later); raises
+        PermissionError when its rules deny us.
+        """
         chan = _client.open_listener_channel()
         if chan is None:
-            return None
-        ksock = _stdsocket.socket(fileno=os.dup(_stdsocket.socket.fileno(sock)))
-        bufs = sock._opts_kernel()
-        body = {"family": _af_name(family), "backlog": backlog,
-                "rcvbuf": bufs.get((SOL_SOCKET, _stdsocket.SO_RCVBUF), 0),
-                "sndbuf": bufs.get((SOL_SOCKET, _stdsocket.SO_SNDBUF), 0)}
+            return False
+        body = {"family": _af_name(self.family), "backlog": self.backlog,
+                "rcvbuf": self.rcvbuf, "sndbuf": self.sndbuf}
         try:
-            chan.request(P.LISTEN, body, [ksock.fileno()])
+            chan.request(P.LISTEN, body, [self.ksock.fileno()])
         except OSError as exc:
             chan.close()
-            ksock.close()
             if exc.errno == errno.EACCES:
+                self.stopped = True
                 raise PermissionError(errno.EACCES, exc.strerror) from None
-            if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
-                return None
-            raise
+            return False
         chan.sock.setblocking(False)
-        return cls(ksock, chan, family)
+        self.chan = chan
+        self.monitor = _peer_pid(chan.sock)
+        self.epoll.register(chan.sock.fileno(), select.EPOLLIN)
+        return True
+
+    def _lost(self) -> None:
+        """The monitor closed our channel (it stopped): forget it and register again."""
+        chan, self.chan = self.chan, None
+        if chan is not None:
+            try:
+                self.epoll.unregister(chan.sock.fileno())
+            except (OSError, ValueError):
+                pass
+            chan.close()
+        self.next_try = 0.0
+        self._retry()
+
+    def _retry(self) -> None:
+        """Register again unless it was tried less than RETRY seconds ago."""
+        if self.chan is not None or self.stopped:
+            return
+        now = time.monotonic()
+        if now < self.next_try:
+            return
+        self.next_try = now + self.RETRY
+        # The process channel talked to the old monitor too: replace it, so
+        # that CLOSE of connections accepted from now on reaches the new one
+        # (unless another call replaced it already).
+        if _client.channel(fresh=_channel_dead(_client.current())) is None:
+            return
+        try:
+            self.register()
+        except PermissionError:
+            pass  # the new monitor's rules deny us: kernel clients only
 
     def accept(self, owner: socket, timeout: float | None) -> tuple[socket, object]:
         """Take the next connection from the monitor or the kernel; wait per *timeout*."""
-        import time
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self.chan is None:
+                self._retry()
             got = self._take_ring(owner) or self._take_kernel(owner)
             if got is not None:
                 return got
             if timeout == 0.0:
-                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-            if deadline is None:
-                self.epoll.poll()
-            else:
-                left = deadline - time.monotonic()
-                if left <= 0 or not self.epoll.poll(left):
-                    if time.monotonic() >= deadline:
-                        raise TimeoutError("timed out")
+                raise _eagain()
+            wait = None if deadline is None else deadline - time.monotonic()
+            if self.chan is None and not self.stopped:
+                wait = self.RETRY if wait is None else min(wait, self.RETRY)
+            if wait is not None and wait <= 0:
+                raise TimeoutError("timed out")
+            self.epoll.poll(-1 if wait is None else wait)
 
     def _take_ring(self, owner: socket) -> tuple[socket, object] | None:
         """Connect.tla!Accept: a connection the monitor pushed, if one waits."""
+        chan = self.chan
+        if chan is None:
+            return None
         try:
-            msg = P.recv_msg(self.chan.sock)
+            msg = P.recv_msg(chan.sock)
         except (BlockingIOError, InterruptedError):
             return None
         except P.ProtocolError:
             return None
-        if msg is None:  # the monitor went away: kernel clients only from now on
-            self.epoll.unregister(self.chan.sock.fileno())
-            self.chan.sock.close()
-            self.chan.sock = _DeadSock()
+        except OSError:
+            msg = None
+        if msg is None:
+            self._lost()
             return None
         if msg.op != P.NEWCONN:
             msg.close_fds()
@@ -884,9 +1169,9 @@ class _Listener:
         body = msg.body
         conn = _RingConn.from_fds(msg.fds, body["id"], self.family,
                                   _from_wire(self.family, body["local"]),
-                                  _from_wire(self.family, body["peer"]))
-        self.chan.notify(P.ACCEPTED, {"id": body["id"]})
-        sock = socket._from_conn(conn)
+                                  _from_wire(self.family, body["peer"]), self.monitor)
+        chan.notify(P.ACCEPTED, {"id": body["id"]})
+        sock = owner._from_conn(conn, owner.type, owner.proto)
         return sock, conn.peer
 
     def _take_kernel(self, owner: socket) -> tuple[socket, object] | None:
@@ -894,32 +1179,31 @@ class _Listener:
             fd, addr = self.ksock._accept()
         except (BlockingIOError, InterruptedError):
             return None
-        sock = socket(owner.family, owner.type, owner.proto, fileno=fd)
-        if _stdsocket.getdefaulttimeout() is None:
-            sock.setblocking(True)
-        return sock, addr
+        return owner.__class__(owner.family, owner.type, owner.proto, fileno=fd), addr
+
+    def shutdown(self, how: int) -> None:
+        """The kernel's shutdown; if the kernel socket stops listening, so do we."""
+        self.ksock.shutdown(how)
+        if not self.ksock.getsockopt(SOL_SOCKET, _stdsocket.SO_ACCEPTCONN):
+            self.stopped = True
+            chan, self.chan = self.chan, None
+            if chan is not None:
+                chan.close()  # Connect.tla!Unlisten: queued ring connections are reset
+
+    def release(self) -> None:
+        """Drop one reference (dup()); the last one closes the listener."""
+        self.refs -= 1
+        if self.refs <= 0:
+            self.close()
 
     def close(self) -> None:
         """Unregister (the monitor resets queued connections) and close the kernel socket."""
-        self.chan.close()
+        self.stopped = True
+        if self.chan is not None:
+            self.chan.close()
+            self.chan = None
         self.ksock.close()
         self.epoll.close()
-
-
-class _DeadSock:
-    """Stands in for a closed channel socket: every use says "nothing here"."""
-
-    def fileno(self) -> int:
-        return -1
-
-    def recv(self, *a):
-        raise BlockingIOError(errno.EAGAIN, "no monitor")
-
-    def close(self) -> None:
-        pass
-
-    def detach(self) -> int:
-        return -1
 
 
 def transport_of(sock) -> str:
@@ -927,18 +1211,37 @@ def transport_of(sock) -> str:
     return getattr(sock, "transport", "kernel")
 
 
-def socketpair(family: int = AF_UNIX, type: int = SOCK_STREAM, proto: int = 0):
+def fromfd(fd: int, family: int, type: int, proto: int = 0) -> socket:
+    """Return a socket on a duplicate of *fd*, like socket.fromfd.
+
+    The descriptor of an open ring or listener socket of this process gives
+    another socket object for the same connection, as dup() does.
+    """
+    sock = socket_for_fd(fd)
+    if sock is not None:
+        return sock.dup()
+    return socket(family, type, proto, fileno=_stdsocket.dup(fd))
+
+
+def socketpair(family: int | None = None, type: int = SOCK_STREAM, proto: int = 0):
     """Return two connected sockets; AF_UNIX stream pairs run over rings, in this process.
 
-    No monitor is involved: both ends are ours.  After fork() the two
-    processes share the rings, like a kernel socketpair.
+    No monitor is involved: both ends are ours.  After fork() the processes
+    share the rings, like a kernel socketpair, and an end closes for its
+    peer when the last process holding it closes it.
     """
-    if family != AF_UNIX or type != SOCK_STREAM or proto not in (0,):
+    if family is None:
+        family = AF_UNIX
+    if family != AF_UNIX or type != SOCK_STREAM or proto != 0:
         a, b = _stdsocket.socketpair(family, type, proto)
         return (socket(a.family, a.type, a.proto, fileno=a.detach()),
                 socket(b.family, b.type, b.proto, fileno=b.detach()))
     r1 = Ring.create(DEFAULT_BUF)
-    r2 = Ring.create(DEFAULT_BUF)
+    try:
+        r2 = Ring.create(DEFAULT_BUF)
+    except BaseException:
+        r1.close()
+        raise
     c1 = _RingConn(r1, r2, None, AF_UNIX, "", "")
     # The second end maps the same rings again, so each end closes its own.
     c2 = _RingConn(Ring.attach(r2.fds()), Ring.attach(r1.fds()), None, AF_UNIX, "", "")
@@ -947,9 +1250,13 @@ def socketpair(family: int = AF_UNIX, type: int = SOCK_STREAM, proto: int = 0):
 
 def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT,
                       source_address=None, *, all_errors: bool = False) -> socket:
-    """Connect to *address* (host, port) like socket.create_connection; return the socket."""
+    """Connect to *address* (host, port) like socket.create_connection; return the socket.
+
+    Each address getaddrinfo() gives is tried in turn; the first error is
+    raised, or all of them as an ExceptionGroup with *all_errors*.
+    """
     host, port = address
-    exceptions = []
+    errors: list[Exception] = []
     for family, type_, proto, _, sa in _stdsocket.getaddrinfo(host, port, 0, SOCK_STREAM):
         sock = None
         try:
@@ -959,22 +1266,19 @@ def create_connection(address, timeout=_stdsocket._GLOBAL_DEFAULT_TIMEOUT,
             if source_address:
                 sock.bind(source_address)
             sock.connect(sa)
-            exceptions.clear()
             return sock
         except OSError as exc:
-            if not all_errors:
-                exceptions.clear()
-            exceptions.append(exc)
+            errors.append(exc)
             if sock is not None:
                 sock.close()
-    if exceptions:
-        try:
-            if not all_errors:
-                raise exceptions[0]
-            raise ExceptionGroup("create_connection failed", exceptions)
-        finally:
-            exceptions.clear()
-    raise OSError("getaddrinfo returns an empty list")
+    if not errors:
+        raise OSError("getaddrinfo returns an empty list")
+    try:
+        if all_errors:
+            raise ExceptionGroup("create_connection failed", errors)
+        raise errors[-1]  # the last address's error, as socket.create_connection does
+    finally:
+        errors = []
 
 
 def create_server(address, *, family=AF_INET, backlog=None, reuse_port=False,
@@ -989,7 +1293,8 @@ def create_server(address, *, family=AF_INET, backlog=None, reuse_port=False,
             raise ValueError("dualstack_ipv6 requires AF_INET6 family")
     sock = socket(family, SOCK_STREAM)
     try:
-        if os.name not in ("nt", "cygwin") and family != AF_UNIX:
+        if family != AF_UNIX:
+            # A restarted server must be able to bind while old connections linger.
             sock.setsockopt(SOL_SOCKET, _stdsocket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(SOL_SOCKET, _stdsocket.SO_REUSEPORT, 1)
@@ -1006,6 +1311,3 @@ def create_server(address, *, family=AF_INET, backlog=None, reuse_port=False,
     except BaseException:
         sock.close()
         raise
-
-
-_ = io  # makefile's SocketIO comes from socket.socket

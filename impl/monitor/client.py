@@ -3,7 +3,9 @@
 :func:`channel` returns this process's :class:`ControlChannel`, connecting
 (and, unless ``SOCKSDIRECT_AUTOSTART=0``, starting a monitor) on first use.
 When no monitor can be had, it returns None and the socket layer uses plain
-kernel sockets: the library degrades, it does not fail.
+kernel sockets: the library degrades, it does not fail.  :func:`request`
+sends one request on it and, when the channel turns out dead (the monitor
+was restarted), once more on a new one.
 
 A listener gets a channel of its own (:func:`open_listener_channel`): the
 monitor pushes connections to it, so its descriptor is readable exactly when
@@ -11,34 +13,90 @@ a connection waits, and it can sit in the listener's epoll set.
 
 After ``fork`` the child starts with no channel: SO_PEERCRED names the
 process that connected, so the child must connect again to be itself.
+
+Every wait here is bounded: a channel's sends and receives time out after
+:data:`REQUEST_TIMEOUT` (kernel timeouts, SO_RCVTIMEO/SO_SNDTIMEO, so a
+request costs no extra poll() call), starting a monitor after
+:data:`START_TIMEOUT`.
 """
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import logging
+import mmap
 import os
+import select
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from impl.monitor import protocol as P
 from impl.monitor.paths import ENV_AUTOSTART, default_socket_path, ensure_private_dir
 
-__all__ = ["ControlChannel", "channel", "current", "open_listener_channel", "reset",
-           "start_monitor",
-           "MonitorUnavailable"]
+__all__ = ["ControlChannel", "channel", "current", "request", "open_listener_channel",
+           "reset", "start_monitor", "recv_msg", "MonitorUnavailable",
+           "START_TIMEOUT", "REQUEST_TIMEOUT"]
 
 log = logging.getLogger("socksdirect")
 
 #: How long the library waits for a monitor it started to say it is ready.
 START_TIMEOUT = 15.0
+#: How long one request waits for the monitor to take it and to answer.
+REQUEST_TIMEOUT = 15.0
+
+_CMSG_SPACE = socket.CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
+_RECV_SIZE = P.HEADER.size + P.MAX_BODY
+_tls = threading.local()
 
 
 class MonitorUnavailable(OSError):
     """No monitor answers and none could be started."""
+
+
+def _buffer() -> mmap.mmap:
+    """This thread's receive buffer: MAX_BODY bytes of address space, pages on use.
+
+    Allocating a buffer that large for every message (what recv and recvmsg
+    do) costs tens of microseconds; a private anonymous mapping reused is
+    free, and stays private to each process after fork.
+    """
+    buf = getattr(_tls, "buf", None)
+    if buf is None or buf.closed:
+        buf = _tls.buf = mmap.mmap(-1, _RECV_SIZE,
+                                   flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return buf
+
+
+def recv_msg(sock: socket.socket, buf: mmap.mmap | None = None) -> P.Message | None:
+    """Receive and decode one message, like protocol.recv_msg, into a reused buffer.
+
+    *buf* (at least HEADER + MAX_BODY bytes) defaults to this thread's.
+    Descriptors arrive close-on-exec.  None at EOF; ProtocolError for a
+    malformed message (its descriptors closed); OSError from the socket.
+    """
+    if buf is None:
+        buf = _buffer()
+    n, ancdata, flags, _ = sock.recvmsg_into([buf], _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    if n == 0 and not fds:
+        return None
+    return P.decode(buf[:n], list(fds), flags)
+
+
+def _set_timeouts(sock: socket.socket, seconds: float) -> None:
+    tv = struct.pack("ll", int(seconds), int((seconds % 1) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
 
 
 class ControlChannel:
@@ -52,11 +110,16 @@ class ControlChannel:
         self.pid = os.getpid()
 
     @classmethod
-    def connect(cls, path: str, role: str = "library") -> ControlChannel:
-        """Connect to the monitor at *path* and say HELLO; OSError if none answers."""
+    def connect(cls, path: str, role: str = "library",
+                timeout: float = REQUEST_TIMEOUT) -> ControlChannel:
+        """Connect to the monitor at *path* and say HELLO; OSError if none answers.
+
+        FileNotFoundError or ConnectionRefusedError: no monitor listens
+        there; PermissionError: the directory is not ours to enter.
+        """
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            sock.settimeout(START_TIMEOUT)
+            _set_timeouts(sock, timeout)   # also bounds connect() on a full backlog
             sock.connect(path)
             chan = cls(sock, path)
             chan.request(P.HELLO, {"version": P.VERSION, "role": role})
@@ -70,11 +133,18 @@ class ControlChannel:
         """Send one request and return the OK reply (its fds are the caller's).
 
         An ERROR reply raises OSError with the monitor's errno and message;
-        a closed channel raises ConnectionResetError.
+        a closed channel raises ConnectionResetError (or BrokenPipeError);
+        no reply within the timeout raises TimeoutError and closes the
+        channel, since a late reply would be taken for the next request's.
         """
         with self._lock:
-            P.send_msg(self.sock, op, body, fds)
-            reply = P.recv_msg(self.sock)
+            try:
+                P.send_msg(self.sock, op, body, fds)
+                reply = recv_msg(self.sock)
+            except BlockingIOError:   # SO_RCVTIMEO / SO_SNDTIMEO ran out
+                self.sock.close()
+                raise TimeoutError(errno.ETIMEDOUT, f"the monitor at {self.path} did not "
+                                   f"answer {P.OP_NAMES[op]}") from None
         if reply is None:
             raise ConnectionResetError(errno.ECONNRESET, "the monitor closed the channel")
         if reply.op == P.ERROR:
@@ -104,17 +174,20 @@ _unavailable_warned = False
 
 
 def _autostart_allowed() -> bool:
-    return os.environ.get(ENV_AUTOSTART, "1").lower() not in ("0", "no", "false", "off")
+    return os.environ.get(ENV_AUTOSTART, "1").strip().lower() not in ("0", "no", "false", "off")
 
 
 def channel(*, fresh: bool = False) -> ControlChannel | None:
     """This process's channel to the monitor, or None when there is no monitor.
 
     *fresh* drops the current channel first (after the monitor restarted).
+    With no monitor listening and autostart allowed, one is started
+    (:func:`start_monitor`); racing processes start exactly one.
     """
     global _channel, _unavailable_warned
     with _lock:
-        if _channel is not None and (fresh or _channel.pid != os.getpid()):
+        if _channel is not None and (fresh or _channel.pid != os.getpid()
+                                     or _channel.sock.fileno() < 0):
             _channel.close()
             _channel = None
         if _channel is not None:
@@ -124,19 +197,37 @@ def channel(*, fresh: bool = False) -> ControlChannel | None:
             _channel = ControlChannel.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
             if not _autostart_allowed():
-                _warn_once(path, "not running and SOCKSDIRECT_AUTOSTART=0")
+                _warn_once(path, "is not running and SOCKSDIRECT_AUTOSTART=0")
                 return None
             try:
-                start_monitor(path)
-                _channel = ControlChannel.connect(path)
+                _channel = _start_and_connect(path)
             except OSError as exc:
                 _warn_once(path, f"could not be started: {exc}")
                 return None
         except OSError as exc:
-            _warn_once(path, str(exc))
+            _warn_once(path, f"cannot be reached: {exc}")
             return None
         _unavailable_warned = False
         return _channel
+
+
+def request(op: int, body: dict[str, Any] | None = None, fds=()) -> P.Message:
+    """One request on this process's channel, retried once on a new channel if it was dead.
+
+    A dead channel is what a restarted monitor leaves behind: the send fails
+    with EPIPE or the reply is EOF.  Raises MonitorUnavailable without a
+    monitor, and what ControlChannel.request raises otherwise.
+    """
+    for attempt in (0, 1):
+        chan = channel(fresh=attempt > 0)
+        if chan is None:
+            raise MonitorUnavailable(errno.ECONNREFUSED, "no socksdirect monitor")
+        try:
+            return chan.request(op, body, fds)
+        except (ConnectionResetError, BrokenPipeError):
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _warn_once(path: str, why: str) -> None:
@@ -171,14 +262,50 @@ def reset() -> None:
         _channel = None
 
 
+def _start_and_connect(path: str) -> ControlChannel:
+    """Start a monitor on *path* unless another process is doing so; connect to it.
+
+    A lock file beside the socket makes the check-and-start one step among
+    all processes of the user: whoever takes it second finds the monitor
+    that the first one started.
+    """
+    ensure_private_dir(os.path.dirname(os.path.abspath(path)))
+    fd = os.open(path + ".start", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        _lock_file(fd, time.monotonic() + START_TIMEOUT, path)
+        try:
+            return ControlChannel.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass
+        start_monitor(path)
+        return ControlChannel.connect(path)
+    finally:
+        os.close(fd)   # releases the lock
+
+
+def _lock_file(fd: int, deadline: float, path: str) -> None:
+    # flock() has no timeout of its own; the holder is starting a monitor,
+    # which takes well under a second, so a short poll costs nothing.
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise MonitorUnavailable(errno.ETIMEDOUT, "another process has been starting "
+                                         f"a monitor on {path} for {START_TIMEOUT} s") from None
+            time.sleep(0.005)
+
+
 def start_monitor(path: str, *, config: str | None = None) -> None:
     """Start a detached monitor on *path* and wait until it listens.
 
-    Two processes racing here both start one; the loser finds the lock
-    taken and exits, and both then connect to the winner.
+    The monitor runs in its own session (double fork), logging warnings to
+    ``monitor.log`` beside the socket.  If a monitor already runs on *path*
+    this returns at once.  Raises MonitorUnavailable if it did not start.
     """
     ensure_private_dir(os.path.dirname(os.path.abspath(path)))
-    r, w = os.pipe()
+    r, w = os.pipe2(os.O_CLOEXEC)
     cmd = [sys.executable, "-m", "impl.monitor", "--socket", path, "--daemon",
            "--ready-fd", str(w), "--log-level", "warning"]
     if config:
@@ -191,10 +318,12 @@ def start_monitor(path: str, *, config: str | None = None) -> None:
                                     cwd="/", env=_monitor_env())
         os.close(w)
         w = -1
-        with os.fdopen(r, "rb") as f:
-            r = -1
-            line = f.readline().decode(errors="replace").strip()
+        line = _read_line(r, time.monotonic() + START_TIMEOUT)
         proc.wait(timeout=START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        line = ""
     finally:
         for fd in (r, w):
             if fd >= 0:
@@ -203,6 +332,20 @@ def start_monitor(path: str, *, config: str | None = None) -> None:
         return
     raise MonitorUnavailable(errno.ECONNREFUSED, f"monitor did not start: {line or 'no reply'}"
                              f" (see {logfile})")
+
+
+def _read_line(fd: int, deadline: float) -> str:
+    """Read one line from *fd* until EOF or *deadline*."""
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 512)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").strip()
 
 
 def _monitor_env() -> dict[str, str]:

@@ -16,7 +16,13 @@ version, unknown op, a length that disagrees with the packet, invalid JSON,
 a missing or mistyped field, descriptors where none belong or too few where
 some do -- raises :class:`ProtocolError`, and the descriptors that came with
 it are closed, so a bad message can never leak descriptors into the
-receiver.  The monitor answers a ProtocolError with an ``ERROR`` message
+receiver.  The body must be strict JSON: no ``NaN``/``Infinity`` or numbers
+that overflow to them, no duplicate keys, at most :data:`MAX_DEPTH` levels of
+nesting -- anything one JSON parser might read differently from another, or
+that would make the receiver recurse without bound, is refused.  Error
+messages quote values from the wire only in short excerpts and an ERROR's
+message is cut to :data:`MAX_ERROR_MESSAGE` characters, so an ERROR reply is
+always small enough to send back.  The monitor answers a ProtocolError with an ``ERROR`` message
 (and closes the channel when the frame itself was bad); it never changes
 state for a message it rejected.
 
@@ -48,8 +54,10 @@ writes (memfd, data eventfd, space eventfd), then the ring it reads.
 
 from __future__ import annotations
 
+import array
 import errno
 import json
+import math
 import os
 import socket
 import struct
@@ -58,7 +66,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "MAGIC", "VERSION", "HEADER", "MAX_BODY", "MAX_FDS", "RING_FDS", "OPS", "OP_NAMES",
+    "MAGIC", "VERSION", "HEADER", "MAX_BODY", "MAX_FDS", "MAX_DEPTH", "MAX_ERROR_MESSAGE",
+    "RING_FDS", "OPS", "OP_NAMES",
     "HELLO", "CONNECT", "LISTEN", "NEWCONN", "ACCEPTED", "CLOSE", "PING", "STATUS",
     "STATS", "RELOAD", "STOP", "OK", "ERROR", "SCHEMAS", "FD_COUNTS",
     "FAMILIES", "Message", "ProtocolError", "encode", "decode", "send_msg", "recv_msg",
@@ -73,6 +82,14 @@ HEADER = struct.Struct("<2sBBI")
 MAX_BODY = 1 << 20
 #: Most descriptors one message may carry (6 ring fds is the most we send).
 MAX_FDS = 8
+#: Deepest nesting of arrays and objects in a body (a STATUS reply needs 4).
+MAX_DEPTH = 16
+#: Longest ``message`` of an ERROR body; longer ones are cut, so that a reply
+#: to any request -- however large -- fits in one packet the socket can take.
+MAX_ERROR_MESSAGE = 1024
+#: How many characters of a value from the wire an error message quotes.
+_QUOTE = 60
+_FD_SIZE = array.array("i").itemsize
 #: The six descriptors of a connection, in the order they travel.
 RING_FDS = ("tx_memfd", "tx_data_efd", "tx_space_efd", "rx_memfd", "rx_data_efd",
             "rx_space_efd")
@@ -164,15 +181,70 @@ def _close(fds: Sequence[int]) -> None:
 
 
 def error_body(code: int, message: str) -> dict[str, Any]:
-    """The body of an ERROR reply for errno *code*."""
+    """The body of an ERROR reply for errno *code*; *message* is cut to MAX_ERROR_MESSAGE."""
+    if len(message) > MAX_ERROR_MESSAGE:
+        message = message[:MAX_ERROR_MESSAGE - 3] + "..."
     return {"errno": code, "message": message}
+
+
+def _quote(value: Any) -> str:
+    """repr() of a value from the wire, shortened: error messages must stay small."""
+    text = repr(value)
+    return text if len(text) <= _QUOTE else text[:_QUOTE - 3] + "..."
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 parses to inf without any NaN/Infinity token
+        raise ValueError(f"number {_quote(text)} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A duplicate key would mean whatever the last parser to see it decides.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {_quote(key)}")
+        out[key] = value
+    return out
+
+
+_DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant,
+                            object_pairs_hook=_no_duplicates)
+
+
+def _too_deep(value: Any) -> bool:
+    """Is *value* nested deeper than MAX_DEPTH?  Iterative: depth is what is in doubt."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def encode(op: int, body: dict[str, Any] | None = None) -> bytes:
     """Return the packet for *op* with *body* (checked against its schema)."""
     body = {} if body is None else body
     _check_body(op, body)
-    data = json.dumps(body, separators=(",", ":")).encode()
+    if _too_deep(body):
+        raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}", fatal=False)
+    try:
+        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"{OP_NAMES[op]} body is not JSON: {exc}", fatal=False) from None
     if len(data) > MAX_BODY:
         raise ProtocolError(f"{OP_NAMES[op]} body of {len(data)} bytes exceeds {MAX_BODY}")
     return HEADER.pack(MAGIC, VERSION, op, len(data)) + data
@@ -195,9 +267,11 @@ def _check_body(op: int, body: Any) -> None:
             want = "/".join(t.__name__ for t in types)
             raise ProtocolError(f"{OP_NAMES[op]} field {name!r} must be {want}, "
                                 f"got {type(value).__name__}", fatal=False)
-    extra = set(body) - set(schema)
+    extra = sorted(set(body) - set(schema), key=str)
     if extra:
-        raise ProtocolError(f"{OP_NAMES[op]} has unknown fields {sorted(extra)}", fatal=False)
+        shown = ", ".join(_quote(name) for name in extra[:3])
+        more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
+        raise ProtocolError(f"{OP_NAMES[op]} has unknown fields {shown}{more}", fatal=False)
 
 
 def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Message:
@@ -227,10 +301,17 @@ def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Messag
             raise ProtocolError(f"length field says {length} bytes, "
                                 f"packet holds {len(packet) - HEADER.size}")
         try:
-            body = json.loads(packet[HEADER.size:].decode())
+            body = _DECODER.decode(bytes(packet[HEADER.size:]).decode())
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"{OP_NAMES[op]} body is not JSON: {exc}", fatal=False) from None
+        except RecursionError:
+            # The C parser recurses per level; MAX_DEPTH cannot be checked before it.
+            raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}",
+                                fatal=False) from None
         _check_body(op, body)
+        if _too_deep(body):
+            raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}",
+                                fatal=False)
         if len(fds) not in FD_COUNTS[op]:
             raise ProtocolError(f"{OP_NAMES[op]} carries {len(fds)} descriptors, expected "
                                 f"{' or '.join(map(str, sorted(FD_COUNTS[op])))}", fatal=False)
@@ -242,8 +323,15 @@ def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Messag
 
 def send_msg(sock: socket.socket, op: int, body: dict[str, Any] | None = None,
              fds: Sequence[int] = ()) -> None:
-    """Send one message; *fds* are duplicated into the receiver, ours stay open."""
+    """Send one message; *fds* are duplicated into the receiver, ours stay open.
+
+    Raises ProtocolError, before sending anything, for a body or a number of
+    descriptors that the receiver would refuse.
+    """
     data = encode(op, body)
+    if len(fds) not in FD_COUNTS[op]:
+        raise ProtocolError(f"{OP_NAMES[op]} cannot carry {len(fds)} descriptors",
+                            fatal=False)
     if fds:
         socket.send_fds(sock, [data], list(fds))
     else:
@@ -253,13 +341,22 @@ def send_msg(sock: socket.socket, op: int, body: dict[str, Any] | None = None,
 def recv_msg(sock: socket.socket) -> Message | None:
     """Receive and decode one message; None at EOF (the peer closed).
 
+    Received descriptors are close-on-exec, like every descriptor Python
+    opens (PEP 446): a program the receiver execs must not inherit a ring.
     Raises ProtocolError for a malformed message, OSError from the socket.
     """
-    data, fds, flags, _ = socket.recv_fds(sock, HEADER.size + MAX_BODY, MAX_FDS,
-                                          socket.MSG_CMSG_CLOEXEC)
+    # Not socket.recv_fds: up to 3.12 it drops its flags argument, and with
+    # it MSG_CMSG_CLOEXEC.
+    data, ancdata, flags, _ = sock.recvmsg(HEADER.size + MAX_BODY,
+                                           socket.CMSG_SPACE(MAX_FDS * _FD_SIZE),
+                                           socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
     if not data and not fds:
         return None
-    return decode(data, fds, flags)
+    return decode(data, list(fds), flags)
 
 
 def errno_name(code: int) -> str:

@@ -15,6 +15,12 @@ process and to count the bytes that went through.
 
 Why single-threaded: every table changes only in the loop, so a request is
 one atomic step, which is exactly what Connect.tla's actions assume.
+
+What keeps the loop alive: every event handler runs under :meth:`Monitor._run`,
+which logs an unexpected exception (and answers the request that raised it
+with ``ERROR EIO``) instead of letting it end the loop.  Every descriptor
+that arrives with a message is closed after its handler returns
+(:meth:`protocol.Message.close_fds`); handlers look at them, never keep them.
 """
 
 from __future__ import annotations
@@ -24,22 +30,28 @@ import fcntl
 import ipaddress
 import itertools
 import logging
+import mmap
 import os
+import resource
+import secrets
+import select
 import selectors
 import signal
 import socket
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from impl.monitor import acl as aclmod
 from impl.monitor import protocol as P
+from impl.monitor.client import recv_msg
 from impl.monitor.paths import ensure_private_dir
 from impl.ring import Ring, layout
 
-__all__ = ["Monitor", "DEFAULT_BUF", "MAX_BUF"]
+__all__ = ["Monitor", "DEFAULT_BUF", "MAX_BUF", "POOL_SIZE", "MAX_ROWS", "raise_nofile_limit"]
 
 log = logging.getLogger("socksdirect.monitor")
 
@@ -47,8 +59,20 @@ log = logging.getLogger("socksdirect.monitor")
 DEFAULT_BUF = 256 * 1024
 #: Largest ring the monitor will create for one direction.
 MAX_BUF = 64 * 1024 * 1024
+#: Rings of DEFAULT_BUF kept ready, made while the loop has nothing else to
+#: do, so that a connect does not wait for memfd_create, eventfd and mmap.
+#: A connection takes two.  Each costs three descriptors and one resident page.
+POOL_SIZE = 8
+#: Most rows of one table in a STATUS reply (the counts say how many there are).
+MAX_ROWS = 2000
 _MIN_BUF = 4096
 _WILDCARD = {"inet": "0.0.0.0", "inet6": "::"}
+#: Ops whose sender does not wait for a reply: never answer them, not even
+#: with ERROR, or the sender would take it for the reply to its next request.
+_ONE_WAY = frozenset({P.ACCEPTED, P.CLOSE})
+#: SO_PEERPIDFD (Linux 6.5): a pidfd of the very process that connected.
+_SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
+_LOCAL_CACHE_MAX = 256
 
 
 @dataclass
@@ -73,6 +97,7 @@ class Channel:
     sock: socket.socket
     pid: int
     listener: tuple | None = None
+    hello: bool = False
 
 
 @dataclass
@@ -103,15 +128,41 @@ class Conn:
     created: float = field(default_factory=time.time)
 
 
+class _Refused(Exception):
+    """A request refused with *errno*: answered with ERROR, nothing changed."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.errno = code
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit; return (soft, hard).
+
+    The monitor holds three descriptors per ring, six per connection, and
+    one or two per client process: the usual soft limit of 1024 would cap a
+    host at ~150 connections.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise RLIMIT_NOFILE from %d to %d: %s", soft, hard, exc)
+    return soft, hard
+
+
 class Monitor:
     """The monitor daemon.  ``serve_forever()`` runs it until STOP or a signal."""
 
     def __init__(self, path: str, *, acl: aclmod.Acl | None = None,
-                 config: str | None = None) -> None:
+                 config: str | None = None, pool_size: int = POOL_SIZE) -> None:
         """Bind the control socket at *path* (its directory is made private).
 
         *config* is the ACL's TOML file, re-read on RELOAD and SIGHUP; *acl*
-        overrides the first load (tests).
+        overrides the first load (tests).  *pool_size* rings are kept ready
+        (0: make each one when a connect needs it).
         """
         self.path = path
         self.config = config
@@ -122,20 +173,43 @@ class Monitor:
         self.counters = dict.fromkeys(
             ("connections", "kernel_fallbacks", "backlog_full", "refused", "denied",
              "listens", "listens_denied", "accepted", "closed", "resets", "deaths",
-             "bytes", "protocol_errors", "channels_refused"), 0)
+             "bytes", "protocol_errors", "channels_refused", "internal_errors"), 0)
         self.procs: dict[int, Proc] = {}
         self.channels: dict[int, Channel] = {}
         self.listeners: dict[tuple, Listener] = {}
         self.conns: dict[int, Conn] = {}
-        self._ids = itertools.count(1)
+        # Ids start at a random point: a CLOSE for a connection of a monitor
+        # that was killed and restarted must not name one of this monitor's.
+        self._ids = itertools.count((secrets.randbits(20) << 32) + 1)
         self._local_cache: dict[str, bool] = {}
         self._stopping = False
         self._reload_asked = False
         self._uid = os.geteuid()
         self._netns = _netns(os.getpid())
+        self._pool: list[Ring] = []
+        self._pool_size = pool_size
+        self._pool_ok = True          # False after a failure to make one, until fds free up
+        # One receive buffer for every channel: a fresh MAX_BODY buffer per
+        # message costs more than the rest of a CONNECT.  Private, so a fork
+        # (there is none in the monitor) could never share it.
+        self._rbuf = mmap.mmap(-1, P.HEADER.size + P.MAX_BODY,
+                               flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self._sel = selectors.DefaultSelector()
         self._lock_fd = -1
-        self._sock = self._bind(path)
+        self._spare_fd = -1
+        self._sock_ino = 0
+        try:
+            self._sock = self._bind(path)
+            # Kept for one purpose: when accept() fails with EMFILE, closing
+            # it makes room to accept and close the channel, so the listening
+            # socket does not stay readable and spin the loop.
+            self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self._sel.close()
+            self._rbuf.close()
+            if self._lock_fd >= 0:
+                os.close(self._lock_fd)
+            raise
 
     # -- set-up ----------------------------------------------------------------
     def _bind(self, path: str) -> socket.socket:
@@ -148,26 +222,38 @@ class Monitor:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self._lock_fd)
+            self._lock_fd = -1
             raise OSError(errno.EADDRINUSE, f"a monitor already runs on {path}") from None
         try:
-            os.unlink(path)
+            os.unlink(path)     # a socket file left by a monitor that was killed
         except FileNotFoundError:
             pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        sock.bind(path)
-        os.chmod(path, 0o600)
-        sock.listen(128)
-        sock.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ, self._on_accept)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(path)
+            # The file's inode, to remove only our own socket file at the end
+            # (fstat of the socket gives the socket's inode, not the file's).
+            self._sock_ino = os.stat(path).st_ino
+            os.chmod(path, 0o600)
+            sock.listen(128)
+            sock.setblocking(False)
+            self._sel.register(sock, selectors.EVENT_READ, self._on_accept)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     # -- the loop ----------------------------------------------------------------
-    def serve_forever(self) -> None:
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
         """Run until STOP, SIGTERM or SIGINT; then close everything of ours.
 
         Signal handlers only set flags: a step of the loop (one request)
         is never cut in half.  The wake-up pipe makes select() return so the
         flags are seen at once (PEP 475 would otherwise resume the wait).
+        A SIGHUP is acted on before the next event is handled, so a request
+        sent after the signal was delivered sees the new rules.  *ready* is
+        called once the handlers are in place: a signal sent after it was
+        called is never taken with its default action (which would kill).
         """
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._sel.register(r, selectors.EVENT_READ, self._on_wakeup)
@@ -178,9 +264,20 @@ class Monitor:
         log.info("monitor %d listening on %s (acl: %s)", os.getpid(), self.path,
                  self.acl.source)
         try:
+            if ready is not None:
+                ready()
             while not self._stopping:
-                for key, _ in self._sel.select():
-                    key.data(key.fileobj)
+                # Idle time fills the ring pool, one ring per turn, so that
+                # a request never waits behind more than one ring's making.
+                idle = self._pool_ok and len(self._pool) < self._pool_size
+                events = self._sel.select(0 if idle else None)
+                if not events and idle:
+                    self._fill_pool(1)
+                for key, _ in events:
+                    if self._reload_asked:
+                        self._reload_asked = False
+                        self.reload()
+                    self._run(key)
                     if self._stopping:
                         break
                 if self._reload_asked:
@@ -194,6 +291,19 @@ class Monitor:
             os.close(r)
             os.close(w)
             self.close()
+
+    def _run(self, key: selectors.SelectorKey) -> None:
+        """Handle one event; an exception is logged and never ends the loop."""
+        try:
+            key.data(key.fileobj)
+        except Exception:
+            self.counters["internal_errors"] += 1
+            log.exception("internal error handling %r", key.fileobj)
+            # A channel whose handling fails outside a request would fail
+            # again on the next turn: drop it rather than spin.
+            chan = self.channels.get(_fileno(key.fileobj))
+            if chan is not None and chan.sock is key.fileobj:
+                self._drop_channel(chan)
 
     def _on_wakeup(self, fd: int) -> None:
         try:
@@ -220,28 +330,33 @@ class Monitor:
         endpoints, not by us.
         """
         for chan in list(self.channels.values()):
-            self._drop_channel(chan, quiet=True)
+            self._drop_channel(chan)
         for conn in list(self.conns.values()):
             conn.cs.close()
             conn.sc.close()
         self.conns.clear()
         for proc in list(self.procs.values()):
             self._forget_proc(proc)
+        for ring in self._pool:
+            ring.close()
+        self._pool.clear()
         try:
             self._sel.unregister(self._sock)
         except (KeyError, ValueError):
             pass
         self._sel.close()
         try:
-            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(
-                    self._sock.fileno()).st_ino:
+            if os.stat(self.path).st_ino == self._sock_ino:
                 os.unlink(self.path)
         except OSError:
             pass
         self._sock.close()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
+        for name in ("_spare_fd", "_lock_fd"):   # the lock last: a successor may start now
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        self._rbuf.close()
 
     # -- channels ----------------------------------------------------------------
     def _on_accept(self, lsock: socket.socket) -> None:
@@ -249,6 +364,38 @@ class Monitor:
             sock, _ = lsock.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             return
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                raise
+            self._shed_channel(lsock, exc)
+            return
+        try:
+            self._admit(sock)
+        except BaseException:
+            if sock.fileno() not in self.channels:
+                sock.close()
+            raise
+
+    def _shed_channel(self, lsock: socket.socket, exc: OSError) -> None:
+        """Out of descriptors: accept and close one waiting channel (the client sees EOF)."""
+        log.warning("cannot accept a control channel: %s; refusing it", exc)
+        self.counters["channels_refused"] += 1
+        self._pool_ok = False
+        if self._spare_fd >= 0:
+            os.close(self._spare_fd)
+            self._spare_fd = -1
+        try:
+            sock, _ = lsock.accept()
+            sock.close()
+        except OSError:
+            pass
+        try:
+            self._spare_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+
+    def _admit(self, sock: socket.socket) -> None:
+        """Take a new channel: check who is at the other end, then serve it."""
         pid, uid, gid = _peercred(sock)
         if uid != self._uid and uid != 0:
             # The directory's mode should already have stopped this process.
@@ -257,33 +404,48 @@ class Monitor:
             self.counters["channels_refused"] += 1
             sock.close()
             return
-        proc = self.procs.get(pid) or self._new_proc(pid, uid, gid)
+        proc = self.procs.get(pid)
+        if proc is not None and _readable(proc.pidfd):
+            # That process exited (its pidfd says so, we just have not handled
+            # it yet) and its pid now names a new one: finish the old first.
+            self.cleanup(pid)
+            proc = None
         if proc is None:
-            sock.close()
-            return
+            proc = self._new_proc(sock, pid, uid, gid)
+            if proc is None:
+                sock.close()
+                return
         sock.setblocking(False)
         chan = Channel(sock, pid)
         self.channels[sock.fileno()] = chan
         proc.channels.add(sock.fileno())
         self._sel.register(sock, selectors.EVENT_READ, self._on_channel)
 
-    def _new_proc(self, pid: int, uid: int, gid: int) -> Proc | None:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:  # gone already: nothing to serve
+    def _new_proc(self, sock: socket.socket, pid: int, uid: int, gid: int) -> Proc | None:
+        if pid <= 0:  # outside our pid namespace: no pidfd, no clean-up; turn it away
+            log.warning("refused a control channel from a process outside our pid namespace")
+            self.counters["channels_refused"] += 1
             return None
-        proc = Proc(pid, uid, gid, pidfd, _netns(pid), aclmod.Peer.from_pid(pid, uid, gid))
+        pidfd = _peer_pidfd(sock, pid)
+        if pidfd is None:  # gone already: nothing to serve
+            return None
+        try:
+            proc = Proc(pid, uid, gid, pidfd, _netns(pid), aclmod.Peer.from_pid(pid, uid, gid))
+            self._sel.register(pidfd, selectors.EVENT_READ,
+                               lambda _fd, proc=proc: self._on_exit(proc))
+        except BaseException:
+            os.close(pidfd)
+            raise
         self.procs[pid] = proc
-        self._sel.register(pidfd, selectors.EVENT_READ, self._on_pidfd)
         log.debug("process %d (%s) connected", pid, proc.peer.exe)
         return proc
 
     def _on_channel(self, sock: socket.socket) -> None:
         chan = self.channels.get(sock.fileno())
-        if chan is None:
+        if chan is None or chan.sock is not sock:
             return
         try:
-            msg = P.recv_msg(sock)
+            msg = recv_msg(sock, self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except P.ProtocolError as exc:
@@ -296,6 +458,12 @@ class Monitor:
             return
         try:
             self._dispatch(chan, msg)
+        except Exception as exc:
+            self.counters["internal_errors"] += 1
+            log.exception("pid %d: internal error in %s", chan.pid, msg.name)
+            if msg.op not in _ONE_WAY and self.channels.get(sock.fileno()) is chan:
+                self._reply_error(chan, errno.EIO,
+                                  f"internal monitor error in {msg.name}: {exc!r}")
         finally:
             msg.close_fds()
 
@@ -307,35 +475,53 @@ class Monitor:
             self._drop_channel(chan)
 
     def _send(self, chan: Channel, op: int, body: dict | None = None, fds=()) -> bool:
+        """Send one message; False (and logged) if it could not go out."""
         try:
             P.send_msg(chan.sock, op, body, fds)
-        except OSError as exc:
-            # A full or dead channel: the process is not reading its replies.
+        except (OSError, P.ProtocolError) as exc:
             log.info("pid %d: cannot send %s: %s", chan.pid, P.OP_NAMES[op], exc)
             return False
         return True
 
-    def _reply_error(self, chan: Channel, code: int, message: str) -> None:
-        self._send(chan, P.ERROR, P.error_body(code, message))
+    def _reply(self, chan: Channel, op: int, body: dict | None = None, fds=()) -> bool:
+        """Answer a request; a reply that cannot go out ends the channel.
 
-    def _drop_channel(self, chan: Channel, quiet: bool = False) -> None:
+        Never a silent drop: the client would wait for it, or take the next
+        reply for this one.  Closing makes it read what went out, then EOF.
+        """
+        if self._send(chan, op, body, fds):
+            return True
+        self._drop_channel(chan)
+        return False
+
+    def _reply_error(self, chan: Channel, code: int, message: str) -> None:
+        self._reply(chan, P.ERROR, P.error_body(code, message))
+
+    def _drop_channel(self, chan: Channel) -> None:
         fd = chan.sock.fileno()
         if fd < 0 or self.channels.get(fd) is not chan:
             return
         if chan.listener is not None:
             self._unlisten(chan.listener)
         del self.channels[fd]
-        proc = self.procs.get(chan.pid)
-        if proc is not None:
-            proc.channels.discard(fd)
         try:
             self._sel.unregister(chan.sock)
         except (KeyError, ValueError):
             pass
         chan.sock.close()
+        proc = self.procs.get(chan.pid)
+        if proc is not None:
+            proc.channels.discard(fd)
+            if not (proc.channels or proc.conns or proc.listeners):
+                # Nothing left to clean up when it dies: stop watching it.
+                self._forget_proc(proc)
 
     # -- messages ----------------------------------------------------------------
     def _dispatch(self, chan: Channel, msg: P.Message) -> None:
+        if not chan.hello and msg.op != P.HELLO:
+            self._protocol_error(chan, P.ProtocolError(
+                f"{msg.name} before HELLO: the first message must be HELLO"))
+            return
         handler = self._HANDLERS.get(msg.op)
         if handler is None:
             self._protocol_error(chan, P.ProtocolError(
@@ -344,66 +530,102 @@ class Monitor:
         handler(self, chan, msg)
 
     def _on_hello(self, chan: Channel, msg: P.Message) -> None:
-        self._send(chan, P.OK, {"version": P.VERSION, "pid": os.getpid()})
+        if chan.hello:
+            self._protocol_error(chan, P.ProtocolError("a second HELLO", fatal=False))
+            return
+        version = msg.body["version"]
+        if version != P.VERSION:
+            self._protocol_error(chan, P.ProtocolError(
+                f"protocol version {_quote(version)}, this monitor speaks {P.VERSION}"))
+            return
+        chan.hello = True
+        self._reply(chan, P.OK, {"version": P.VERSION, "pid": os.getpid()})
 
     def _on_ping(self, chan: Channel, msg: P.Message) -> None:
-        self._send(chan, P.OK)
+        self._reply(chan, P.OK)
 
     def _on_status(self, chan: Channel, msg: P.Message) -> None:
-        self._send(chan, P.OK, self.status())
+        # Topping the pool up first makes the descriptor count that follows
+        # a STATUS the same whenever nothing else is going on.
+        self._fill_pool(self._pool_size)
+        self._reap()
+        body = self.status()
+        if not self._send(chan, P.OK, body):
+            # Too big for the socket's send buffer: make room once, then give up.
+            size = len(P.encode(P.OK, body)) + 65536
+            try:
+                chan.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+            except OSError:
+                pass
+            self._reply(chan, P.OK, body)
 
     def _on_stats(self, chan: Channel, msg: P.Message) -> None:
-        self._send(chan, P.OK, {"counters": self.stats()})
+        self._reap()
+        self._reply(chan, P.OK, {"counters": self.stats()})
 
     def _on_reload(self, chan: Channel, msg: P.Message) -> None:
         try:
             self.reload(strict=True)
         except (OSError, aclmod.AclError) as exc:
-            self._reply_error(chan, errno.EINVAL, f"reload failed, old rules kept: {exc}")
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            self._reply_error(chan, errno.EINVAL, f"reload failed, old rules kept: {why}")
             return
-        self._send(chan, P.OK, {"acl": self.acl.source, "rules": len(self.acl.rules)})
+        self._reply(chan, P.OK, {"acl": self.acl.source, "rules": len(self.acl.rules)})
 
     def _on_stop(self, chan: Channel, msg: P.Message) -> None:
-        self._send(chan, P.OK)
+        self._reply(chan, P.OK)
         log.info("stop requested by pid %d", chan.pid)
         self._stopping = True
 
     # Connect.tla!Listen / ListenDenied
     def _on_listen(self, chan: Channel, msg: P.Message) -> None:
         proc = self.procs[chan.pid]
-        body = msg.body
         if chan.listener is not None:
             self._reply_error(chan, errno.EISCONN, "this channel already carries a listener")
             return
+        try:
+            family, bufs, backlog, key, addr, req = self._check_listen(proc, msg)
+        except _Refused as exc:
+            self._reply_error(chan, exc.errno, str(exc))
+            return
+        decision = self.acl.decide(proc.peer, req)
+        if not decision.allowed:
+            self.counters["listens_denied"] += 1
+            log.warning("denied listen by pid %d (%s) on %s: %s", proc.pid, proc.peer.exe,
+                        _fmt(addr), decision)
+            self._reply_error(chan, errno.EACCES, f"listen on {_fmt(addr)} {decision}")
+            return
+        old = self.listeners.get(key)
+        if old is not None:
+            if not _hung_up(old.chan.sock):
+                # Another live socket has the address (SO_REUSEPORT): the kernel
+                # shares kernel clients between the two; ring clients keep going
+                # to the first.  Never take its queue from it.
+                log.info("pid %d listens on %s, shared with pid %d's listener", proc.pid,
+                         _fmt(addr), old.owner)
+                self._reply(chan, P.OK, {"address": addr, "shared": True})
+                return
+            # Its owner closed it; the channel's EOF is just not handled yet.
+            self._drop_channel(old.chan)
+        self.listeners[key] = Listener(key, proc.pid, chan, max(1, backlog), *bufs)
+        chan.listener = key
+        proc.listeners.add(key)
+        self.counters["listens"] += 1
+        log.info("pid %d listens on %s (backlog %d)", proc.pid, _fmt(addr), backlog)
+        self._reply(chan, P.OK, {"address": addr})
+
+    def _check_listen(self, proc: Proc, msg: P.Message) -> tuple:
+        body = msg.body
         try:
             family, bufs = body["family"], _check_bufs(body)
             backlog = body["backlog"]
             if not 0 <= backlog <= 65535:
                 raise ValueError(f"backlog must be 0..65535, got {backlog}")
             key, addr = self._listening_key(proc, family, msg.fds[0])
+            req = aclmod.Request("listen", family, addr[0], addr[1] if len(addr) > 1 else None)
         except (ValueError, OSError) as exc:
-            self._reply_error(chan, getattr(exc, "errno", None) or errno.EINVAL, str(exc))
-            return
-        req = aclmod.Request("listen", family, addr[0], addr[1] if len(addr) > 1 else None)
-        decision = self.acl.decide(proc.peer, req)
-        if not decision.allowed:
-            self.counters["listens_denied"] += 1
-            log.warning("denied listen by pid %d on %s: rule %s", proc.pid, _fmt(addr),
-                        decision.rule)
-            self._reply_error(chan, errno.EACCES,
-                              f"listen on {_fmt(addr)} denied by rule {decision.rule!r}")
-            return
-        if key in self.listeners:
-            # The kernel let this process bind and listen, so the old owner's
-            # socket is gone; its channel's EOF may just not have come yet.
-            self._unlisten(key)
-        backlog = max(1, backlog)
-        self.listeners[key] = Listener(key, proc.pid, chan, backlog, *bufs)
-        chan.listener = key
-        proc.listeners.add(key)
-        self.counters["listens"] += 1
-        log.info("pid %d listens on %s (backlog %d)", proc.pid, _fmt(addr), backlog)
-        self._send(chan, P.OK, {"address": addr})
+            raise _Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
+        return family, bufs, backlog, key, addr, req
 
     def _listening_key(self, proc: Proc, family: str, fd: int) -> tuple[tuple, list]:
         """Check the kernel socket the client sent; return its table key and address.
@@ -413,7 +635,7 @@ class Monitor:
         """
         if family not in P.FAMILIES:
             raise ValueError(f"unknown family {family!r}")
-        sock = socket.socket(fileno=os.dup(fd))
+        sock = socket.socket(fileno=fd)   # the message still owns fd: detached below
         try:
             if (sock.family != P.FAMILIES[family] or sock.type != socket.SOCK_STREAM
                     or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
@@ -421,7 +643,7 @@ class Monitor:
                               f"of family {family}")
             addr = _addr_list(family, sock.getsockname())
         finally:
-            sock.close()
+            sock.detach()
         if family == "unix" and not addr[0]:
             raise OSError(errno.EINVAL, "an unbound unix socket cannot be a listener")
         return (proc.netns, family, *addr), addr
@@ -445,6 +667,32 @@ class Monitor:
     # Connect.tla!HandleConnect
     def _on_connect(self, chan: Channel, msg: P.Message) -> None:
         proc = self.procs[chan.pid]
+        try:
+            family, bufs, dest, local, req = self._check_connect(msg)
+        except _Refused as exc:
+            self.counters["refused"] += 1
+            self._reply_error(chan, exc.errno, str(exc))
+            return
+        decision = self.acl.decide(proc.peer, req)  # first, whatever the route
+        if not decision.allowed:
+            self.counters["denied"] += 1
+            log.warning("denied connect by pid %d (%s) to %s: %s", proc.pid, proc.peer.exe,
+                        _fmt(dest), decision)
+            self._reply_error(chan, errno.ECONNREFUSED, f"connect to {_fmt(dest)} {decision}")
+            return
+        lst = self._find_listener(proc, family, dest)
+        if lst is None or lst.owner not in self.procs:
+            self._kernel_route(chan)
+            return
+        if len(lst.queue) >= lst.backlog:
+            # Full: the kernel's own listening socket takes it (kernel backlog
+            # rules), so a burst of connects is queued, not refused.
+            self.counters["backlog_full"] += 1
+            self._kernel_route(chan)
+            return
+        self._set_up(chan, proc, lst, dest, local, bufs)
+
+    def _check_connect(self, msg: P.Message) -> tuple:
         body = msg.body
         try:
             family, bufs = body["family"], _check_bufs(body)
@@ -452,50 +700,45 @@ class Monitor:
                 raise ValueError(f"unknown family {family!r}")
             dest = _check_addr(family, body["address"])
             local = self._client_address(family, msg.fds[0])
+            req = aclmod.Request("connect", family, dest[0], dest[1] if len(dest) > 1 else None)
         except (ValueError, OSError) as exc:
-            self._reply_error(chan, getattr(exc, "errno", None) or errno.EINVAL, str(exc))
-            return
-        req = aclmod.Request("connect", family, dest[0], dest[1] if len(dest) > 1 else None)
-        decision = self.acl.decide(proc.peer, req)  # first, whatever the route
-        if not decision.allowed:
-            self.counters["denied"] += 1
-            log.warning("denied connect by pid %d to %s: rule %s", proc.pid, _fmt(dest),
-                        decision.rule)
-            self._reply_error(chan, errno.ECONNREFUSED,
-                              f"connect to {_fmt(dest)} denied by rule {decision.rule!r}")
-            return
-        lst = self._find_listener(proc, family, dest)
-        if lst is None or lst.owner not in self.procs:
-            self.counters["kernel_fallbacks"] += 1
-            self._send(chan, P.OK, {"route": "kernel"})
-            return
-        if len(lst.queue) >= lst.backlog:
-            # Full: the kernel's own listening socket takes it (kernel backlog
-            # rules), so a burst of connects is queued, not refused.
-            self.counters["backlog_full"] += 1
-            self.counters["kernel_fallbacks"] += 1
-            self._send(chan, P.OK, {"route": "kernel"})
-            return
-        self._set_up(chan, proc, lst, dest, local, bufs)
+            raise _Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
+        return family, bufs, dest, local, req
+
+    def _kernel_route(self, chan: Channel) -> None:
+        self.counters["kernel_fallbacks"] += 1
+        self._reply(chan, P.OK, {"route": "kernel"})
 
     def _set_up(self, chan: Channel, proc: Proc, lst: Listener, dest: list, local: list | None,
                 bufs: tuple[int, int]) -> None:
         rcvbuf, sndbuf = bufs
-        cs = Ring.create(max(sndbuf, lst.rcvbuf), spin_ns=0)
         try:
-            sc = Ring.create(max(lst.sndbuf, rcvbuf), spin_ns=0)
-        except BaseException:
-            cs.close()
-            raise
+            cs, sc = self._ring_pair(max(sndbuf, lst.rcvbuf), max(lst.sndbuf, rcvbuf))
+        except OSError as exc:
+            # Out of descriptors or memory: the kernel can still connect them.
+            log.warning("cannot make rings for pid %d (%s): kernel route", proc.pid, exc)
+            self._pool_ok = False
+            self._kernel_route(chan)
+            return
         cid = next(self._ids)
-        family = lst.key[1]
-        newconn = {"id": cid, "family": family, "peer": local, "local": dest}
-        if not self._send(lst.chan, P.NEWCONN, newconn, (*sc.fds(), *cs.fds())):
+        newconn = {"id": cid, "family": lst.key[1], "peer": local, "local": dest}
+        try:
+            P.send_msg(lst.chan.sock, P.NEWCONN, newconn, (*sc.fds(), *cs.fds()))
+        except (BlockingIOError, InterruptedError) as exc:
+            # The listener's channel is full: it accepts slower than the monitor
+            # pushes.  Treat it as a full backlog, keep the listener.
+            log.info("listener %s cannot take more (%s): kernel route", _fmt(dest), exc)
+            cs.close()
+            sc.close()
+            self.counters["backlog_full"] += 1
+            self._kernel_route(chan)
+            return
+        except OSError as exc:
+            log.info("listener %s is gone (%s): kernel route", _fmt(dest), exc)
             cs.close()
             sc.close()
             self._drop_channel(lst.chan)
-            self.counters["kernel_fallbacks"] += 1
-            self._send(chan, P.OK, {"route": "kernel"})
+            self._kernel_route(chan)
             return
         conn = Conn(cid, proc.pid, lst.owner, lst.key, cs, sc)
         self.conns[cid] = conn
@@ -503,18 +746,43 @@ class Monitor:
         proc.conns.add(cid)
         self.procs[lst.owner].conns.add(cid)
         self.counters["connections"] += 1
-        if not self._send(chan, P.OK, {"route": "ring", "id": cid, "peer": dest},
-                          (*cs.fds(), *sc.fds())):
-            self._close_side(conn, "client", dead=True)
+        if not self._reply(chan, P.OK, {"route": "ring", "id": cid, "peer": dest},
+                           (*cs.fds(), *sc.fds())):
+            if cid in self.conns and conn.cstate != "closed":
+                self._close_side(conn, "client", dead=True)
+
+    def _ring_pair(self, cs_size: int, sc_size: int) -> tuple[Ring, Ring]:
+        cs = self._new_ring(cs_size)
+        try:
+            return cs, self._new_ring(sc_size)
+        except BaseException:
+            cs.close()
+            raise
+
+    def _new_ring(self, capacity: int) -> Ring:
+        if capacity == DEFAULT_BUF and self._pool:
+            return self._pool.pop()
+        return Ring.create(capacity, spin_ns=0)
+
+    def _fill_pool(self, count: int) -> None:
+        """Make up to *count* pooled rings; stop quietly at the first failure."""
+        while count > 0 and len(self._pool) < self._pool_size:
+            try:
+                self._pool.append(Ring.create(DEFAULT_BUF, spin_ns=0))
+            except OSError as exc:
+                log.debug("ring pool not refilled: %s", exc)
+                self._pool_ok = False
+                return
+            count -= 1
 
     def _client_address(self, family: str, fd: int) -> list | None:
-        sock = socket.socket(fileno=os.dup(fd))
+        sock = socket.socket(fileno=fd)   # the message still owns fd: detached below
         try:
             if sock.family != P.FAMILIES[family] or sock.type != socket.SOCK_STREAM:
                 raise OSError(errno.EINVAL, f"the descriptor is not a {family} stream socket")
             name = sock.getsockname()
         finally:
-            sock.close()
+            sock.detach()
         addr = _addr_list(family, name)
         return addr if addr[0] or family != "unix" else None
 
@@ -545,6 +813,8 @@ class Monitor:
                         known = True
                     except OSError:
                         known = False
+            if len(self._local_cache) >= _LOCAL_CACHE_MAX:
+                self._local_cache.clear()   # clients choose the hosts: keep it bounded
             self._local_cache[host] = known
         return known
 
@@ -553,24 +823,33 @@ class Monitor:
         cid = msg.body["id"]
         lst = self.listeners.get(chan.listener) if chan.listener else None
         if lst is None or cid not in lst.queue:
-            return  # reset meanwhile, or not this listener's: nothing to do
+            return  # reset meanwhile, closed already, or not this listener's: nothing to do
         lst.queue.remove(cid)
-        conn = self.conns[cid]
-        conn.sstate = "open"
+        self.conns[cid].sstate = "open"
         self.counters["accepted"] += 1
 
     # Connect.tla!Close
     def _on_close(self, chan: Channel, msg: P.Message) -> None:
         conn = self.conns.get(msg.body["id"])
         if conn is None:
-            return  # both sides gone already
+            return  # both sides gone already, or an id of an earlier monitor
         if conn.client == chan.pid and conn.cstate == "open":
             self._close_side(conn, "client", dead=False)
-        elif conn.server == chan.pid and conn.sstate == "open":
+        elif conn.server == chan.pid and conn.sstate != "closed":
+            if conn.sstate == "queued":
+                # Accepted and closed, and this CLOSE (process channel) overtook
+                # the ACCEPTED (listener channel): only the acceptor knows the id.
+                self._dequeue(conn)
+                self.counters["accepted"] += 1
             self._close_side(conn, "server", dead=False)
         elif chan.pid not in (conn.client, conn.server):
             log.warning("pid %d tried to close connection %d of pids %d and %d",
                         chan.pid, conn.id, conn.client, conn.server)
+
+    def _dequeue(self, conn: Conn) -> None:
+        lst = self.listeners.get(conn.key)
+        if lst is not None and conn.id in lst.queue:
+            lst.queue.remove(conn.id)
 
     def _close_side(self, conn: Conn, side: str, *, dead: bool) -> None:
         """Mark one side closed; for a dead or reset side, close its ring ends for it."""
@@ -594,16 +873,32 @@ class Monitor:
             proc = self.procs.get(pid)
             if proc is not None:
                 proc.conns.discard(conn.id)
-        lst = self.listeners.get(conn.key)
-        if lst is not None and conn.id in lst.queue:
-            lst.queue.remove(conn.id)
+                if not (proc.channels or proc.conns or proc.listeners):
+                    self._forget_proc(proc)
+        self._dequeue(conn)
         conn.cs.close()
         conn.sc.close()
+        self._pool_ok = True    # descriptors were freed: the pool may grow again
 
     # -- process death (Connect.tla!Cleanup) ---------------------------------------
-    def _on_pidfd(self, pidfd: int) -> None:
-        proc = next((p for p in self.procs.values() if p.pidfd == pidfd), None)
-        if proc is not None:
+    def _on_exit(self, proc: Proc) -> None:
+        if self.procs.get(proc.pid) is proc:
+            self.cleanup(proc.pid)
+
+    def _reap(self) -> None:
+        """Clean up every process that has exited, whether or not its event came yet.
+
+        For STATUS and STATS: a process that exited before the request was
+        sent is never reported alive (its pidfd event may sit later in the
+        same batch of events, or its channel's EOF may have come first).
+        """
+        if not self.procs:
+            return
+        p = select.poll()
+        for proc in self.procs.values():
+            p.register(proc.pidfd, select.POLLIN)
+        exited = {fd for fd, _ in p.poll(0)}
+        for proc in [q for q in self.procs.values() if q.pidfd in exited]:
             self.cleanup(proc.pid)
 
     def cleanup(self, pid: int) -> None:
@@ -627,16 +922,18 @@ class Monitor:
         for fd in list(proc.channels):
             chan = self.channels.get(fd)
             if chan is not None:
-                self._drop_channel(chan, quiet=True)
+                self._drop_channel(chan)
         self._forget_proc(proc)
 
     def _forget_proc(self, proc: Proc) -> None:
+        if self.procs.get(proc.pid) is not proc:
+            return
+        del self.procs[proc.pid]
         try:
             self._sel.unregister(proc.pidfd)
         except (KeyError, ValueError):
             pass
         os.close(proc.pidfd)
-        self.procs.pop(proc.pid, None)
 
     # -- operator ------------------------------------------------------------------
     def reload(self, strict: bool = False) -> None:
@@ -645,6 +942,7 @@ class Monitor:
         On a bad file the old rules stay (and *strict* re-raises the error).
         """
         if not self.config:
+            log.warning("reload asked, but the monitor was started without --config")
             if strict:
                 raise OSError(errno.ENOENT, "the monitor was started without --config")
             return
@@ -664,23 +962,34 @@ class Monitor:
         return out
 
     def status(self) -> dict[str, Any]:
-        """Every table, JSON-able: what ``impl.ctl status`` shows."""
+        """Every table, JSON-able: what ``impl.ctl status`` shows.
+
+        Each table lists at most MAX_ROWS rows; ``counts`` has the real sizes.
+        """
+        listeners = [{"address": list(lst.key[2:]), "family": lst.key[1], "pid": lst.owner,
+                      "backlog": lst.backlog, "queued": len(lst.queue)}
+                     for lst in itertools.islice(self.listeners.values(), MAX_ROWS)]
+        conns = [{"id": c.id, "client": c.client, "server": c.server,
+                  "address": list(c.key[2:]), "client_side": c.cstate,
+                  "server_side": c.sstate, "bytes": _ring_bytes(c.cs) + _ring_bytes(c.sc)}
+                 for c in itertools.islice(self.conns.values(), MAX_ROWS)]
+        procs = [{"pid": p.pid, "uid": p.uid, "program": p.peer.exe,
+                  "channels": len(p.channels), "listeners": len(p.listeners),
+                  "connections": len(p.conns)}
+                 for p in itertools.islice(self.procs.values(), MAX_ROWS)]
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return {
             "monitor": {"pid": os.getpid(), "socket": self.path, "version": P.VERSION,
-                        "uptime": round(time.time() - self.started, 3)},
+                        "uptime": round(time.time() - self.started, 3),
+                        "config": self.config, "fds": _count_fds(), "fd_limit": soft,
+                        "pool": len(self._pool)},
             "acl": {"source": self.acl.source, "default": self.acl.default,
                     "rules": self.acl.describe()},
-            "listeners": [{"address": list(lst.key[2:]), "family": lst.key[1],
-                           "pid": lst.owner, "backlog": lst.backlog, "queued": len(lst.queue)}
-                          for lst in self.listeners.values()],
-            "connections": [{"id": c.id, "client": c.client, "server": c.server,
-                             "address": list(c.key[2:]), "client_side": c.cstate,
-                             "server_side": c.sstate,
-                             "bytes": _ring_bytes(c.cs) + _ring_bytes(c.sc)}
-                            for c in self.conns.values()],
-            "processes": [{"pid": p.pid, "uid": p.uid, "program": p.peer.exe,
-                           "channels": len(p.channels), "listeners": len(p.listeners),
-                           "connections": len(p.conns)} for p in self.procs.values()],
+            "counts": {"listeners": len(self.listeners), "connections": len(self.conns),
+                       "processes": len(self.procs), "channels": len(self.channels)},
+            "listeners": listeners,
+            "connections": conns,
+            "processes": procs,
             "counters": self.stats(),
         }
 
@@ -695,6 +1004,64 @@ class Monitor:
 def _peercred(sock: socket.socket) -> tuple[int, int, int]:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)
+
+
+def _peer_pidfd(sock: socket.socket, pid: int) -> int | None:
+    """A pidfd of the process that connected *sock*; None if it has exited.
+
+    SO_PEERPIDFD names the very process that called connect(): no race with
+    pid reuse.  Without it (kernels before 6.5) the pid is opened by number;
+    that is the right process only while the peer lives (a live process's pid
+    cannot be reused), so the channel is then checked for a hang-up: the
+    peer's exit closes its end.
+    """
+    try:
+        pidfd = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
+    except OSError as exc:
+        if exc.errno != errno.ENOPROTOOPT:
+            return None  # the peer is gone (reaped): ESRCH / EINVAL / ENODATA
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        if _hung_up(sock):
+            os.close(pidfd)
+            return None
+    if _readable(pidfd):  # it connected, then exited
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+def _poll_now(fd: int, events: int) -> int:
+    # poll, not select: descriptors beyond FD_SETSIZE are normal here.
+    p = select.poll()
+    p.register(fd, events)
+    ready = p.poll(0)
+    return ready[0][1] if ready else 0
+
+
+def _readable(fd: int) -> bool:
+    """Is *fd* readable now (for a pidfd: has the process exited)?"""
+    return bool(_poll_now(fd, select.POLLIN))
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    """Has the peer of *sock* closed its end?"""
+    if sock.fileno() < 0:
+        return True
+    return bool(_poll_now(sock.fileno(), select.POLLRDHUP) & (select.POLLHUP | select.POLLRDHUP))
+
+
+def _fileno(obj) -> int:
+    return obj if isinstance(obj, int) else obj.fileno()
+
+
+def _count_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1   # less the listing's own
+    except OSError:
+        return -1
 
 
 def _netns(pid: int) -> int:
@@ -727,10 +1094,12 @@ def _check_addr(family: str, addr: list) -> list:
     if (len(addr) != 2 or not isinstance(addr[0], str) or not isinstance(addr[1], int)
             or isinstance(addr[1], bool) or not 0 <= addr[1] <= 65535):
         raise ValueError(f"an {family} address is [host, port] with port 0..65535")
+    if family == "inet" and "%" in addr[0]:
+        raise ValueError(f"{_quote(addr[0])} is not an IPv4 address (IPv4 has no scope)")
     try:
         ip = ipaddress.ip_address(addr[0].split("%")[0])
     except ValueError:
-        raise ValueError(f"{addr[0]!r} is not a numeric IP address") from None
+        raise ValueError(f"{_quote(addr[0])} is not a numeric IP address") from None
     if (ip.version == 6) != (family == "inet6"):
         raise ValueError(f"{addr[0]} is not an {family} address")
     return [str(ip) if "%" not in addr[0] else addr[0], addr[1]]
@@ -742,6 +1111,12 @@ def _addr_list(family: str, name) -> list:
             name = name.decode("utf-8", "surrogateescape")
         return [name]
     return [name[0], name[1]]
+
+
+def _quote(value: Any) -> str:
+    """repr() of a value from the wire, cut short: error replies must stay small."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _fmt(addr: list) -> str:
@@ -756,4 +1131,3 @@ def _ring_bytes(ring: Ring) -> int:
     if ring.closed:
         return 0
     return ring._q[layout.word(layout.OFF_TAIL)]
-

@@ -182,21 +182,28 @@ class Ring:
 
     @classmethod
     def attach(cls, fds: RingFds, *, backend: str = "auto",
-               spin_ns: int | None = None, yields: int | None = None) -> Ring:
+               spin_ns: int | None = None, yields: int | None = None,
+               adopt: bool = False) -> Ring:
         """Map an existing ring from its descriptors (e.g. received over SCM_RIGHTS).
 
         The descriptors are duplicated: the caller keeps and closes its own.
-        The header is validated first; RingCorrupt names any inconsistency.
+        With *adopt*, the Ring takes the caller's descriptors instead (they
+        are the Ring's from the call on, closed by it even if attach fails),
+        and the eventfds are not checked: for descriptors fresh from a
+        trusted creator (the monitor), this saves three dup() and close()
+        calls and two readlink()s.  The memfd and the header are validated
+        either way; RingCorrupt names any inconsistency.
         """
-        backend = _resolve_backend(backend)
-        spin_ns, yields = _check_budgets(spin_ns, yields)
         memfd, data_efd, space_efd = fds
-        own: list[int] = []
+        own: list[int] = [memfd, data_efd, space_efd] if adopt else []
         try:
-            for fd in (memfd, data_efd, space_efd):
-                own.append(os.dup(fd))
-            for name, fd in (("data_efd", own[1]), ("space_efd", own[2])):
-                _check_eventfd(name, fd)
+            backend = _resolve_backend(backend)
+            spin_ns, yields = _check_budgets(spin_ns, yields)
+            if not adopt:
+                for fd in (memfd, data_efd, space_efd):
+                    own.append(os.dup(fd))
+                for name, fd in (("data_efd", own[1]), ("space_efd", own[2])):
+                    _check_eventfd(name, fd)
             mm, capacity = cls._map_checked(own[0])
         except BaseException:
             _close_all(own)

@@ -52,6 +52,7 @@ _W_MAGIC = layout.word(layout.OFF_MAGIC)
 _W_CAPACITY = layout.word(layout.OFF_CAPACITY)
 _W_TAIL = layout.word(layout.OFF_TAIL)
 _W_HEAD = layout.word(layout.OFF_HEAD)
+_W_CLOSED_RD = layout.word(layout.OFF_CLOSED_RD)
 
 
 class RingCorrupt(OSError):
@@ -378,6 +379,46 @@ class RingWriter(_Endpoint):
         """
         self._set_closed()
 
+    def settle_space(self) -> bool:
+        """Make ``space_efd`` readable exactly when a write would not block; return which.
+
+        The mirror image of :meth:`RingReader.settle`, for a selector that
+        waits for writability: a write would not block when the ring has
+        free space or the reader has closed (the write then raises
+        BrokenPipeError).  If so, the eventfd is set and True returned;
+        otherwise a stale signal is drained, this side's ``writer_sleeping``
+        flag is published, and the reader's next read that frees space (or
+        its close) sets the eventfd.  No system call while the flag is
+        still published.  A wake-up may be spurious, never missing: it is
+        the RingWakeup handshake with the roles swapped.
+        """
+        q = self._words()
+        if q[self._my_flag]:
+            # Still armed: the reader has not taken it down since.  Its close
+            # signals without taking it down, so that case is writable.
+            return bool(q[_W_CLOSED_RD])
+        if self._can_write(q):
+            os.eventfd_write(self._wait_efd, 1)
+            return True
+        try:
+            os.eventfd_read(self._wait_efd)  # RingWakeup!Wake: drop a stale signal
+        except BlockingIOError:
+            pass
+        # RingWakeup!Arm and the fence after it (the store is fenced in both
+        # backends), then RingWakeup!RecheckTail with head in tail's place.
+        self._store_flag(self._my_flag, 1)
+        if self._can_write(q):
+            # Space or a close came in between: take the flag down again and
+            # set the eventfd ourselves (the reader may signal too; harmless).
+            self._store_flag(self._my_flag, 0)
+            os.eventfd_write(self._wait_efd, 1)
+            return True
+        return False
+
+    def _can_write(self, q) -> bool:
+        """Would a write not block: free space, or the reader closed?"""
+        return bool(q[_W_CLOSED_RD]) or q[_W_TAIL] - q[_W_HEAD] < self._cap
+
     @property
     def free(self) -> int:
         """Bytes that can be written now: C - (tail - head)."""
@@ -484,7 +525,13 @@ class RingReader(_Endpoint):
         if q[self._my_flag]:
             return False  # still armed: the writer has not signalled since
         if q[_W_TAIL] != q[_W_HEAD] or q[self._closed_flag_peer]:
-            return True   # readable, and the writer's signal set the eventfd
+            # Readable.  The writer's signal set the eventfd only if it took
+            # an armed flag down; the flag may have come down otherwise
+            # (never armed before the first call, withdrawn by a blocking
+            # recv's own re-check, a timed-out wait) and then nobody set
+            # it.  Setting it again is harmless: the counter only grows.
+            os.eventfd_write(self._wait_efd, 1)
+            return True
         try:
             os.eventfd_read(self._wait_efd)  # RingWakeup!Wake
         except BlockingIOError:
