@@ -37,6 +37,7 @@ import select
 import socket as _stdsocket
 import struct
 import time
+import warnings
 import weakref
 from socket import (
     AF_INET,
@@ -213,10 +214,10 @@ class _RingConn:
         """Switch to keeping the eventfd exact (RingReader.settle after reads)."""
         if not self.readiness:
             self.readiness = True
-            # settle() trusts that a waiting byte was signalled, which holds only
-            # once the reader has been armed: set the eventfd ourselves this time.
-            if self.shut_rd or self.reader.settle():
-                os.eventfd_write(self.ready_fd, 1)
+            if self.shut_rd:
+                os.eventfd_write(self.ready_fd, 1)  # recv never blocks any more
+            else:
+                self.reader.settle()
 
     def shadow_socket(self) -> _stdsocket.socket:
         """The kernel socket that answers for options (made on first use)."""
@@ -267,8 +268,8 @@ class _RingConn:
         if self.cid is None:
             return
         chan = _client.current()
-        # A restarted monitor never knew this connection, and its own ids
-        # start again: a stale CLOSE could name one of its connections.
+        # A restarted monitor never knew this connection, and nothing keeps
+        # its ids apart from the old one's: a stale CLOSE could name one of its.
         if chan is not None and _monitor_of(chan) == self.monitor:
             chan.notify(P.CLOSE, {"id": self.cid})
 
@@ -325,7 +326,7 @@ def _to_wire(family: int, address) -> list:
             # The monitor compares names, not files: a relative name means
             # another file in another directory.
             path = os.path.abspath(path)
-        return [path]
+        return [path]   # may now exceed the limit: then only the kernel can reach it
     host, port = _inet_host(family, address)
     info = _stdsocket.getaddrinfo(host, port, family, SOCK_STREAM)
     return [info[0][4][0], port]
@@ -376,21 +377,35 @@ class socket(_stdsocket.socket):
         self._kroute = False
 
     def _adopt(self, family: int, type: int, proto: int, src: int, close_src: bool) -> None:
-        """Become a socket object on a copy of descriptor *src* (any kind of descriptor)."""
-        # socket.socket refuses a descriptor that is not a socket, so start
-        # from a throwaway kernel socket and put *src* in its place.
-        _stdsocket.socket.__init__(self, family, type, proto)
-        fd = _stdsocket.socket.fileno(self)
-        os.dup2(src, fd, inheritable=False)
+        """Become a socket object on descriptor *src* (any kind of descriptor).
+
+        *close_src*: take *src* over, number and all, as socket(fileno=src)
+        does; otherwise work on a copy of it under a new number.
+        """
+        # socket.socket refuses a descriptor that is not a socket, so it gets
+        # one of a throwaway kernel socket first, and then *src* in its place.
         if close_src:
-            os.close(src)
+            inheritable = os.get_inheritable(src)
+            keep = os.dup(src)
+            try:
+                with _stdsocket.socket(family, SOCK_STREAM) as throwaway:
+                    os.dup2(throwaway.fileno(), src, inheritable=False)
+                _stdsocket.socket.__init__(self, family, type, proto, src)
+                os.dup2(keep, src, inheritable=inheritable)
+            finally:
+                os.close(keep)
+            fd = src
+        else:
+            _stdsocket.socket.__init__(self, family, type, proto)
+            fd = _stdsocket.socket.fileno(self)
+            os.dup2(src, fd, inheritable=False)
         self._bufs = {}
         self._kroute = False
         _by_fd[fd] = self
 
     def _init_ring(self, conn: _RingConn, src: int, *, close_src: bool, type: int = SOCK_STREAM,
                    proto: int = 0) -> None:
-        """Become a ring socket whose descriptor is a copy of *src* (conn's eventfd)."""
+        """Become a ring socket on *src*, conn's eventfd (see _adopt for *close_src*)."""
         self._conn = conn
         self._lst = None
         self._rtimeout = _stdsocket.getdefaulttimeout()
@@ -415,12 +430,6 @@ class socket(_stdsocket.socket):
         if self._conn is not None:
             return "ring"
         return "listener" if self._lst is not None else "kernel"
-
-    def _ring(self) -> _RingConn:
-        conn = self._conn
-        if conn is None:
-            raise OSError(errno.EBADF, "Bad file descriptor")
-        return conn
 
     def __repr__(self) -> str:
         """Like socket.socket's repr, with the transport of ring and listener sockets."""
@@ -505,7 +514,6 @@ class socket(_stdsocket.socket):
     def __del__(self) -> None:
         """Close a collected ring or listener socket, so that the peer is told."""
         if getattr(self, "_conn", None) is not None or getattr(self, "_lst", None) is not None:
-            import warnings
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
             self.close()
 
@@ -614,7 +622,10 @@ class socket(_stdsocket.socket):
             return None  # connected already (a descriptor handed to us): the kernel's EISCONN
         except OSError:
             pass
-        if family != AF_UNIX and not self._bind_for_ring(dest[0]):
+        if family == AF_UNIX:
+            if len(dest[0].encode("utf-8", "surrogateescape")) > _UNIX_PATH_MAX:
+                return None  # a relative name made absolute: too long to be a listener's
+        elif not self._bind_for_ring(dest[0]):
             return None  # not an address of this host: no socksdirect listener can own it
         body = {"family": _af_name(family), "address": dest,
                 "rcvbuf": self._buf_opt(SO_RCVBUF), "sndbuf": self._buf_opt(SO_SNDBUF)}
@@ -794,7 +805,6 @@ class socket(_stdsocket.socket):
         reader = conn.reader
         peek = bool(flags & MSG_PEEK)
         armed = conn.readiness
-        waited = False
         timeout = self._rtimeout
         try:
             # MSG_DONTWAIT counts only on a blocking socket: with a timeout,
@@ -805,13 +815,6 @@ class socket(_stdsocket.socket):
                 if got == 0 and not conn.shut_rd and not reader.eof:
                     raise _eagain()
                 return got
-            if armed:
-                # Try without waiting first: a wait drains the eventfd, which
-                # settle() must then know about.
-                got = reader.read_into(view, peek=peek)
-                if got or reader.eof:
-                    return got
-                waited = True
             got = reader.recv_into(view, timeout, peek=peek)
             if flags & MSG_WAITALL and not peek and 0 < got < len(view):
                 got = self._recv_rest(reader, view, got)
@@ -823,8 +826,7 @@ class socket(_stdsocket.socket):
         finally:
             if armed and not conn.shut_rd and not reader.closed:
                 # RingWakeup: keep the eventfd readable exactly while data or EOF waits.
-                if reader.settle() and waited:
-                    os.eventfd_write(conn.ready_fd, 1)
+                reader.settle()
 
     def _recv_rest(self, reader, view, got: int) -> int:
         """MSG_WAITALL: go on until *view* is full, EOF, or the timeout (partial then)."""

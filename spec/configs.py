@@ -104,6 +104,30 @@ CONFIGS: tuple[CheckedConfig, ...] = (
         TLA_DIR, "MCRingWakeup", "MCRingWakeupNoRecheck.cfg", "invariant", True,
         "RingWakeup without the reader's re-check: the lost wake-up (NoLostWakeup)",
     ),
+    CheckedConfig(
+        TLA_DIR, "MCConnect", "MCConnect.cfg", "ok", False,
+        "Connect, exhaustive: 3 processes, 2 addresses, backlog 2, 2 conn ids, 2 ACLs",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCConnect", "MCConnectSmall.cfg", "ok", True,
+        "Connect, small: every action fires, self-connection, full backlog, reload",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCConnect", "MCConnectLeadsTo.cfg", "ok", False,
+        "Connect, small: the liveness properties in their leads-to form",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCConnect", "MCConnectBad.cfg", "invariant", True,
+        "Connect with queues forgotten on Unlisten/Cleanup: a conn queued at no listener",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCConnect", "MCConnectBadLiveness.cfg", "property", True,
+        "Connect with queues forgotten, liveness only: a queued conn never resolved",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCConnect", "MCConnectBadAcl.cfg", "property", True,
+        "Connect with the ACL checked on the ring path only: a kernel bypass (NoBypass)",
+    ),
 )
 
 

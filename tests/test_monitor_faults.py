@@ -180,10 +180,16 @@ def test_monitor_restart_keeps_connections_and_serves_new_ones():
             with connected_pair() as (_, c2, a2):
                 assert c2.transport == "ring"
                 roundtrip(c2, a2, 1000)
-            # The old listener still takes connections (kernel or ring).
+            # The old listener registers again when it next looks for connections
+            # (its channel's EOF); from then on its clients get rings again.
+            srv.settimeout(0.0)
+            with pytest.raises(BlockingIOError):
+                srv.accept()
+            srv.settimeout(TIMEOUT)
             with impl.create_connection(srv.getsockname(), timeout=TIMEOUT) as c3:
                 a3, _ = srv.accept()
                 with a3:
+                    assert c3.transport == a3.transport == "ring"
                     a3.settimeout(TIMEOUT)
                     roundtrip(c3, a3, 1000)
             cli.close()
@@ -191,22 +197,6 @@ def test_monitor_restart_keeps_connections_and_serves_new_ones():
             status = library_status()
             assert status["connections"] == []
             assert status["counters"]["internal_errors"] == 0
-        finally:
-            new.stop()
-
-
-@pytest.mark.xfail(strict=True, reason="impl.socket listeners do not re-register with a "
-                   "restarted monitor yet (sdsocket._Listener drops its channel on EOF)")
-def test_listener_reregisters_after_monitor_restart():
-    with running_monitor() as mon, impl.create_server(("127.0.0.1", 0)) as srv:
-        srv.settimeout(TIMEOUT)
-        mon.stop(signal.SIGKILL)
-        new = start_monitor(mon.path)
-        try:
-            with impl.create_connection(srv.getsockname(), timeout=TIMEOUT) as cli:
-                acc, _ = srv.accept()
-                acc.close()
-                assert cli.transport == "ring"
         finally:
             new.stop()
 
@@ -269,6 +259,7 @@ def _connect_hello_exit(pipe: ChildPipe, path: str) -> None:
 def test_a_client_that_exits_before_it_is_admitted_is_not_kept(reaped):
     """Its channel is dropped and no process entry (pidfd) stays behind."""
     with running_monitor() as mon:
+        deaths = library_status()["counters"]["deaths"]
         os.kill(mon.pid, signal.SIGSTOP)
         try:
             ghost = Forked(_connect_hello_exit, mon.path)
@@ -284,5 +275,42 @@ def test_a_client_that_exits_before_it_is_admitted_is_not_kept(reaped):
             before = library_status()   # queued behind the ghost's channel: admitted after it
             assert ghost.pid not in [p["pid"] for p in before["processes"]]
             assert tables(before, without_pid=os.getpid())["processes"] == []
+            assert before["counters"]["deaths"] == deaths    # turned away, never admitted
         finally:
             ghost.close()
+
+
+def _stop_monitor(mon) -> None:
+    """SIGSTOP the monitor (our child) and wait until it is stopped."""
+    os.kill(mon.pid, signal.SIGSTOP)
+    _, status = os.waitpid(mon.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status)
+
+
+def _connect_and_hold(pipe: ChildPipe, address: list) -> None:
+    with impl.create_connection(tuple(address), timeout=TIMEOUT):
+        pipe.send("connected")
+        pipe.recv()
+
+
+def test_status_never_lists_a_process_that_has_exited():
+    """Even when the request is handled before the exit's own event: STATUS looks first."""
+    with running_monitor() as mon, impl.create_server(("127.0.0.1", 0)) as srv, \
+            Forked(_connect_and_hold, list(srv.getsockname())) as other:
+        assert other.recv() == "connected"    # a party to a connection: it has state to clean
+        srv.settimeout(TIMEOUT)
+        acc, _ = srv.accept()
+        with acc:
+            assert other.pid in [p["pid"] for p in library_status()["processes"]]
+            chan = client.current()
+            _stop_monitor(mon)
+            try:
+                P.send_msg(chan.sock, P.STATUS)      # queued first ...
+                other.kill()
+                other.wait()                         # ... the exit after it
+            finally:
+                os.kill(mon.pid, signal.SIGCONT)
+            reply = client.recv_msg(chan.sock)
+            assert reply.op == P.OK
+            assert other.pid not in [p["pid"] for p in reply.body["processes"]]
+            assert [c["client_side"] for c in reply.body["connections"]] == ["closed"]

@@ -10,7 +10,9 @@ one bad message on a fresh control channel, then a PING, and requires:
 * the monitor process is alive and answers on a fresh channel;
 * its STATUS tables (listeners, connections, processes other than this
   one) are unchanged, and of its counters only ``protocol_errors`` moved --
-  by exactly one when the protocol rejects the message;
+  by exactly one when the protocol rejects the message -- except that a
+  CONNECT answered with an errno counts once in ``refused`` (a refused
+  connect, which is what that counter counts);
 * it holds as many descriptors (/proc/<pid>/fd) as before.
 
 At the end of each test the holder's pair still carries data both ways.

@@ -252,6 +252,8 @@ def timeouts(p: Pair) -> list:
     except TimeoutError as exc:
         out.append(("TimeoutError", str(exc), isinstance(exc, stdsocket.timeout)))
     out.append(outcome(lambda: p.b.recv_into(bytearray(1))))
+    # With a timeout, socket.socket waits first: MSG_DONTWAIT does not make it EAGAIN.
+    out.append(outcome(lambda: p.b.recv(1, stdsocket.MSG_DONTWAIT)))
     p.b.settimeout(2)
     out.append(p.b.gettimeout())
     out.append(outcome(lambda: p.b.settimeout(-1)))
@@ -373,7 +375,7 @@ def detach_and_adopt(p: Pair) -> list:
     out = [fd >= 0, p.a.fileno(), outcome(lambda: p.a.send(b"x"))]
     a2 = p.mod.socket(fileno=fd)
     p.extra.append(a2)
-    out.append(a2.fileno() >= 0)
+    out.append(a2.fileno() == fd)
     out.append((a2.family, a2.type))
     a2.sendall(b"adopted")
     out.append(outcome(lambda: p.b.recv(7, stdsocket.MSG_WAITALL)))
@@ -783,6 +785,32 @@ def test_bad_or_dead_address_like_the_kernel(family, address):
     assert results["ring"] == results["kernel"]
 
 
+def test_bad_address_shapes_to_a_live_listener_like_the_kernel():
+    """Malformed addresses naming a port that a ring listener owns: the kernel's TypeError."""
+    for family, host in ((stdsocket.AF_INET, "127.0.0.1"), (stdsocket.AF_INET6, "::1")):
+        srv = impl.create_server((host, 0), family=family)
+        port = srv.getsockname()[1]
+        try:
+            bad = [(host, port, 0), (host, port, 0, 0, 0), (host, float(port)), (host, str(port)),
+                   [host, port], (host.encode(), port)]
+            results = {}
+            for name, mod in (("kernel", stdsocket), ("ring", impl)):
+                results[name] = []
+                for addr in bad:
+                    with mod.socket(family) as s:
+                        s.settimeout(WAIT)
+                        results[name].append(outcome(lambda s=s, addr=addr: s.connect(addr)))
+                        results[name].append(s.getsockname()[1] != 0)   # connected or not
+            assert results["ring"] == results["kernel"]
+            # A good one gets a ring (the bytes host is the kernel's too).
+            with impl.socket(family) as s:
+                s.settimeout(WAIT)
+                s.connect((host, port))
+                assert s.transport == "ring"
+        finally:
+            srv.close()
+
+
 # -- families -------------------------------------------------------------------------------------
 FAMILIES = ["inet", "inet6", "unix", "abstract"]
 
@@ -838,6 +866,19 @@ def test_relative_unix_path_is_the_kernel_file(tmp_path, monkeypatch):
         with pytest.raises(FileNotFoundError):
             c.connect("abs.sock")       # another file: the kernel says it does not exist
         c.close()
+        # A relative name that is short only relative: the kernel's connection.
+        deep = tmp_path / "sub" / ("d" * 60) / ("e" * 60)
+        deep.mkdir(parents=True)
+        monkeypatch.chdir(deep)
+        k = stdsocket.socket(stdsocket.AF_UNIX)
+        k.bind("k.sock")
+        k.listen()
+        with k, impl.socket(stdsocket.AF_UNIX) as c:
+            c.settimeout(WAIT)
+            c.connect("k.sock")
+            assert c.transport == "kernel"
+            conn, _ = k.accept()
+            conn.close()
     finally:
         srv.close()
 
@@ -943,6 +984,24 @@ def test_denied_connect_is_refused_and_not_sent_to_the_kernel(tmp_path):
             with pytest.raises(BlockingIOError):
                 srv.accept()      # nothing reached the kernel listener either
             assert mon.status()["counters"]["denied"] == 2
+        finally:
+            srv.close()
+
+
+def test_denied_listen_is_permission_error_and_leaves_no_listener():
+    from tests.monitor_util import running_monitor
+    acl = 'default = "allow"\n[[rule]]\nname = "no-listen"\naction = "deny"\ndirection = "listen"\n'
+    with running_monitor(acl_text=acl) as mon:
+        srv = impl.socket()
+        srv.bind(("127.0.0.1", 0))
+        addr = srv.getsockname()
+        try:
+            with pytest.raises(PermissionError):
+                srv.listen()
+            assert srv.transport == "kernel"
+            with stdsocket.socket() as k:    # nor does the kernel socket take connections
+                assert k.connect_ex(addr) == errno.ECONNREFUSED
+            assert mon.status()["listeners"] == []
         finally:
             srv.close()
 
@@ -1115,3 +1174,43 @@ def test_stale_close_never_reaches_a_restarted_monitor(monkeypatch):
         assert sent == []
         p.b.close()
         assert [op for op, _ in sent] == [P.CLOSE]
+
+
+# -- nothing leaks --------------------------------------------------------------------------------
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def one_of_everything() -> None:
+    srv = impl.create_server(("127.0.0.1", 0))
+    c = impl.create_connection(srv.getsockname(), timeout=WAIT)
+    conn, _ = srv.accept()
+    c.fileno()
+    copy = conn.dup()
+    again = impl.socket(fileno=copy.detach())
+    c.sendall(b"x")
+    assert again.recv(1) == b"x"
+    for s in (c, conn, again):
+        s.close()
+    lst2 = srv.dup()
+    srv.close()
+    lst2.close()
+    a, b = impl.socketpair()
+    a.close()
+    b.close()
+
+
+def test_no_descriptor_or_table_leaks(monitor):
+    one_of_everything()            # the process channel and caches, once
+    before = open_fds()
+    monclient.current().request(P.PING)
+    old_conns = {c["id"] for c in monitor.status()["connections"]}
+    old_listeners = {tuple(x["address"]) for x in monitor.status()["listeners"]}
+    for _ in range(30):
+        one_of_everything()
+    assert open_fds() == before
+    # CLOSE is one-way; a PING on the same channel orders it before the status.
+    monclient.current().request(P.PING)
+    status = monitor.status()
+    assert [c for c in status["connections"] if c["id"] not in old_conns] == []
+    assert {tuple(x["address"]) for x in status["listeners"]} <= old_listeners

@@ -186,7 +186,6 @@ def test_forked_child_connects_to_parent_listener():
         srv.close()
 
 
-@pytest.mark.slow
 def test_eight_mib_each_way_with_random_sizes():
     total = 8 << 20
     srv = impl.create_server(("127.0.0.1", 0))
@@ -392,6 +391,7 @@ def test_listener_closing_resets_queued_ring_connections():
 
 # -- socketpair across fork -----------------------------------------------------------------------
 def test_socketpair_across_fork_with_the_usual_closes():
+    fds_before = len(os.listdir("/proc/self/fd"))
     a, b = impl.socketpair()
     assert a.transport == b.transport == "ring"
 
@@ -411,6 +411,8 @@ def test_socketpair_across_fork_with_the_usual_closes():
         assert a.recv(5, stdsocket.MSG_WAITALL) == b"HELLO"
         assert a.recv(1) == b""        # the child closed the last copy of its end
         assert c.result() == "hello"
+        a.close()
+        assert len(os.listdir("/proc/self/fd")) == fds_before   # the holder pipes too
     finally:
         if not c.done:
             c.kill()

@@ -25,6 +25,7 @@ that arrives with a message is closed after its handler returns
 
 from __future__ import annotations
 
+import _socket  # the C socket: no enum conversions, on the connect path
 import errno
 import fcntl
 import ipaddress
@@ -73,6 +74,8 @@ _ONE_WAY = frozenset({P.ACCEPTED, P.CLOSE})
 #: SO_PEERPIDFD (Linux 6.5): a pidfd of the very process that connected.
 _SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _LOCAL_CACHE_MAX = 256
+#: Most rounds of waiting messages a STATUS handles before it answers.
+_SETTLE_ROUNDS = 16
 
 
 @dataclass
@@ -184,6 +187,7 @@ class Monitor:
         self._local_cache: dict[str, bool] = {}
         self._stopping = False
         self._reload_asked = False
+        self._settling = False
         self._uid = os.geteuid()
         self._netns = _netns(os.getpid())
         self._pool: list[Ring] = []
@@ -327,9 +331,12 @@ class Monitor:
         """Close the control socket and every descriptor the monitor holds.
 
         Established connections keep working: their rings are mapped by the
-        endpoints, not by us.
+        endpoints, not by us.  Stopping is not a death: no connection is
+        reset, not even one still queued at its listener.
         """
+        self.listeners.clear()
         for chan in list(self.channels.values()):
+            chan.listener = None
             self._drop_channel(chan)
         for conn in list(self.conns.values()):
             conn.cs.close()
@@ -548,7 +555,7 @@ class Monitor:
         # Topping the pool up first makes the descriptor count that follows
         # a STATUS the same whenever nothing else is going on.
         self._fill_pool(self._pool_size)
-        self._reap()
+        self._settle(chan)
         body = self.status()
         if not self._send(chan, P.OK, body):
             # Too big for the socket's send buffer: make room once, then give up.
@@ -560,7 +567,7 @@ class Monitor:
             self._reply(chan, P.OK, body)
 
     def _on_stats(self, chan: Channel, msg: P.Message) -> None:
-        self._reap()
+        self._settle(chan)
         self._reply(chan, P.OK, {"counters": self.stats()})
 
     def _on_reload(self, chan: Channel, msg: P.Message) -> None:
@@ -588,7 +595,7 @@ class Monitor:
         except _Refused as exc:
             self._reply_error(chan, exc.errno, str(exc))
             return
-        decision = self.acl.decide(proc.peer, req)
+        decision = self._decide(proc, req)
         if not decision.allowed:
             self.counters["listens_denied"] += 1
             log.warning("denied listen by pid %d (%s) on %s: %s", proc.pid, proc.peer.exe,
@@ -622,7 +629,7 @@ class Monitor:
             if not 0 <= backlog <= 65535:
                 raise ValueError(f"backlog must be 0..65535, got {backlog}")
             key, addr = self._listening_key(proc, family, msg.fds[0])
-            req = aclmod.Request("listen", family, addr[0], addr[1] if len(addr) > 1 else None)
+            req = self._request("listen", family, addr)
         except (ValueError, OSError) as exc:
             raise _Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
         return family, bufs, backlog, key, addr, req
@@ -635,7 +642,7 @@ class Monitor:
         """
         if family not in P.FAMILIES:
             raise ValueError(f"unknown family {family!r}")
-        sock = socket.socket(fileno=fd)   # the message still owns fd: detached below
+        sock = _socket.socket(fileno=fd)   # the message still owns fd: detached below
         try:
             if (sock.family != P.FAMILIES[family] or sock.type != socket.SOCK_STREAM
                     or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
@@ -673,7 +680,7 @@ class Monitor:
             self.counters["refused"] += 1
             self._reply_error(chan, exc.errno, str(exc))
             return
-        decision = self.acl.decide(proc.peer, req)  # first, whatever the route
+        decision = self._decide(proc, req)  # first, whatever the route
         if not decision.allowed:
             self.counters["denied"] += 1
             log.warning("denied connect by pid %d (%s) to %s: %s", proc.pid, proc.peer.exe,
@@ -700,10 +707,21 @@ class Monitor:
                 raise ValueError(f"unknown family {family!r}")
             dest = _check_addr(family, body["address"])
             local = self._client_address(family, msg.fds[0])
-            req = aclmod.Request("connect", family, dest[0], dest[1] if len(dest) > 1 else None)
+            req = self._request("connect", family, dest)
         except (ValueError, OSError) as exc:
             raise _Refused(getattr(exc, "errno", None) or errno.EINVAL, str(exc)) from None
         return family, bufs, dest, local, req
+
+    def _request(self, direction: str, family: str, addr: list) -> aclmod.Request | None:
+        """The ACL's view of a request (ValueError if malformed); None when no rule could use it."""
+        if not self.acl.rules:
+            return None     # the default decides: skip parsing the address once more
+        return aclmod.Request(direction, family, addr[0], addr[1] if len(addr) > 1 else None)
+
+    def _decide(self, proc: Proc, req: aclmod.Request | None) -> aclmod.Decision:
+        if req is None or not self.acl.rules:   # a reload may have come in between
+            return aclmod.Decision(self.acl.default == "allow", "default", None)
+        return self.acl.decide(proc.peer, req)
 
     def _kernel_route(self, chan: Channel) -> None:
         self.counters["kernel_fallbacks"] += 1
@@ -776,7 +794,7 @@ class Monitor:
             count -= 1
 
     def _client_address(self, family: str, fd: int) -> list | None:
-        sock = socket.socket(fileno=fd)   # the message still owns fd: detached below
+        sock = _socket.socket(fileno=fd)   # the message still owns fd: detached below
         try:
             if sock.family != P.FAMILIES[family] or sock.type != socket.SOCK_STREAM:
                 raise OSError(errno.EINVAL, f"the descriptor is not a {family} stream socket")
@@ -884,6 +902,29 @@ class Monitor:
     def _on_exit(self, proc: Proc) -> None:
         if self.procs.get(proc.pid) is proc:
             self.cleanup(proc.pid)
+
+    def _settle(self, asking: Channel) -> None:
+        """Before a STATUS or STATS: handle what already waits on other channels, and deaths.
+
+        The asker may know of messages other channels sent before its
+        request (an ACCEPTED of its own listener, a process it saw exit);
+        the reply must not predate them.  Bounded: a busy system gets a
+        reply anyway.
+        """
+        if self._settling:
+            return
+        self._settling = True
+        try:
+            for _ in range(_SETTLE_ROUNDS):
+                ready = [key for key, _ in self._sel.select(0)
+                         if key.data == self._on_channel and key.fileobj is not asking.sock]
+                for key in ready:
+                    self._run(key)
+                if not ready:
+                    break
+            self._reap()
+        finally:
+            self._settling = False
 
     def _reap(self) -> None:
         """Clean up every process that has exited, whether or not its event came yet.
@@ -1094,15 +1135,17 @@ def _check_addr(family: str, addr: list) -> list:
     if (len(addr) != 2 or not isinstance(addr[0], str) or not isinstance(addr[1], int)
             or isinstance(addr[1], bool) or not 0 <= addr[1] <= 65535):
         raise ValueError(f"an {family} address is [host, port] with port 0..65535")
-    if family == "inet" and "%" in addr[0]:
-        raise ValueError(f"{_quote(addr[0])} is not an IPv4 address (IPv4 has no scope)")
+    host, port = addr
+    if family == "inet" and "%" in host:
+        raise ValueError(f"{_quote(host)} is not an IPv4 address (IPv4 has no scope)")
+    af = P.FAMILIES[family]
+    ip, scope = host.partition("%")[::2]
     try:
-        ip = ipaddress.ip_address(addr[0].split("%")[0])
-    except ValueError:
-        raise ValueError(f"{_quote(addr[0])} is not a numeric IP address") from None
-    if (ip.version == 6) != (family == "inet6"):
-        raise ValueError(f"{addr[0]} is not an {family} address")
-    return [str(ip) if "%" not in addr[0] else addr[0], addr[1]]
+        # inet_pton: strict numeric forms only, and a fraction of ipaddress's cost.
+        canonical = socket.inet_ntop(af, socket.inet_pton(af, ip))
+    except (OSError, ValueError):
+        raise ValueError(f"{_quote(host)} is not a numeric {family} address") from None
+    return [f"{canonical}%{scope}" if scope else canonical, port]
 
 
 def _addr_list(family: str, name) -> list:
