@@ -9,8 +9,9 @@ like the stock selectors, and treats socksdirect ring sockets specially:
   readable; free space or the reader's close make it writable.  No system
   call is made while some ring socket is ready (a kernel descriptor is
   still polled every :data:`KERNEL_EVERY` such calls, so it cannot starve).
-* Only when nothing is ready does it spin over the rings for a few
-  microseconds (not with ``timeout=0``), and then block in one epoll set
+* Only when nothing is ready does it spin over the rings for a while that
+  adapts to how fast events have been coming (never with ``timeout=0``,
+  never longer than ``spin_ns``), and then block in one epoll set
   over everything: a ring socket by its readiness eventfds (reading: its
   own descriptor, kept exact by ``RingReader.settle``; writing: the ring's
   space eventfd, armed by ``RingWriter.settle_space``), listeners and
@@ -82,11 +83,15 @@ EVENT_READ = selectors.EVENT_READ
 EVENT_WRITE = selectors.EVENT_WRITE
 _EVENTS = EVENT_READ | EVENT_WRITE
 
-#: Default spin budget (nanoseconds) over the rings before blocking in epoll.
-#: A reply that is on its way arrives within it and saves the sleep and the
-#: peer's eventfd write; kept to a few microseconds because a peer that
-#: shares our CPU cannot run while we spin.
-SPIN_NS = 4_000
+#: Default upper bound (nanoseconds) of the spin over the rings before
+#: blocking in epoll.  The spin actually used adapts (see
+#: :attr:`RingSelector.spin_budget`): twice the recent time a ring event took
+#: to come, and none at all while that exceeds this bound.  A reply caught
+#: spinning saves our sleep and wake-up and the peer's eventfd write; an
+#: asyncio peer takes tens of microseconds to answer, hence the size.
+SPIN_NS = 100_000
+# Spin this long before each look at the rings starts with a sched_yield().
+_SPIN_BEFORE_YIELD_NS = 5_000
 #: After this many consecutive ``select`` calls answered from the rings alone,
 #: the next one also polls the kernel descriptors (without waiting).
 KERNEL_EVERY = 16
@@ -226,9 +231,10 @@ class _KeyMap(Mapping):
 class RingSelector(selectors.BaseSelector):
     """A selector that reads ring sockets' readiness from shared memory, then blocks in epoll.
 
-    *spin_ns*: how long (nanoseconds, 0 .. 10**6) :meth:`select` keeps
+    *spin_ns*: the most (nanoseconds, 0 .. 10**6) :meth:`select` keeps
     looking at the rings before it blocks; default :data:`SPIN_NS` (0 on a
-    one-CPU machine).  *kernel_every*: see :data:`KERNEL_EVERY` (1 .. 10**6).
+    one-CPU machine); the budget used adapts below it (:attr:`spin_budget`).
+    *kernel_every*: see :data:`KERNEL_EVERY` (1 .. 10**6).
     """
 
     def __init__(self, *, spin_ns: int | None = None, kernel_every: int = KERNEL_EVERY) -> None:
@@ -241,6 +247,7 @@ class RingSelector(selectors.BaseSelector):
             raise ValueError(f"kernel_every must be an int from 1 to 10**6, got {kernel_every!r}")
         self.spin_ns = spin_ns
         self.kernel_every = kernel_every
+        self._wait_est = spin_ns // 2   # ns: moving average of how long ring events took
         self._epoll: select.epoll | None = select.epoll()
         self._keys: dict[int, selectors.SelectorKey] = {}   # fd -> key
         self._rings: dict[int, _Ring] = {}                  # fd -> ring view, ring keys only
@@ -527,25 +534,56 @@ class RingSelector(selectors.BaseSelector):
                 return []
             return self._poll(0)[0]
         deadline = None if timeout is None else time.monotonic() + timeout
-        if self.spin_ns:
-            ready = self._spin(deadline)
+        start = time.monotonic_ns()
+        budget = self.spin_budget
+        if budget:
+            ready = self._spin(start, budget, deadline)
             if ready:
                 return ready
-        return self._block(deadline)
+        ready = self._block(deadline)
+        if self.spin_ns and any(key.fd in self._rings for key, _ in ready):
+            self._learn(time.monotonic_ns() - start)
+        return ready
 
-    def _spin(self, deadline: float | None) -> list:
-        """Look at the rings again for up to spin_ns (never past *deadline*)."""
-        now = time.monotonic_ns()
-        stop = now + self.spin_ns
+    @property
+    def spin_budget(self) -> int:
+        """Nanoseconds the next waiting select() spins over the rings before it blocks.
+
+        Twice the moving average of how long ring events took to come while
+        select() waited, capped at ``spin_ns``; 0 while that average exceeds
+        ``spin_ns`` (an idle peer: spinning would only burn CPU) or when
+        ``spin_ns`` is 0.  Only waits that ended with a ring event count.
+        """
+        est = self._wait_est
+        return 0 if est > self.spin_ns else min(self.spin_ns, 2 * est)
+
+    def _learn(self, waited_ns: int) -> None:
+        """Fold one wait for a ring event into the moving average (weight 1/4)."""
+        # Capped, so one long idle gap does not stop the spin for long.
+        waited_ns = min(waited_ns, 4 * self.spin_ns + 1)
+        self._wait_est += (waited_ns - self._wait_est) // 4
+
+    def _spin(self, start: int, budget: int, deadline: float | None) -> list:
+        """Look at the rings again for up to *budget* ns from *start* (never past *deadline*)."""
+        stop = start + budget
         if deadline is not None:
             stop = min(stop, int(deadline * 1e9))
         scan = self._scan
+        clock = time.monotonic_ns
+        polite = start + _SPIN_BEFORE_YIELD_NS
+        now = start
         while now < stop:
             ready = scan()
             if ready:
                 self._streak += 1
+                self._learn(clock() - start)
                 return ready
-            now = time.monotonic_ns()
+            now = clock()
+            if now > polite:
+                # Past the first microseconds, give the CPU to whoever wants
+                # it (the peer, if it shares our CPU); costs ~1 us if nobody does.
+                os.sched_yield()
+                now = clock()
         return []
 
     def _block(self, deadline: float | None) -> list:

@@ -39,6 +39,8 @@ __all__ = [
     "ACTIONS",
     "INVARIANTS",
     "STEP_PROPERTIES",
+    "DIRECTIONS",
+    "ENDS",
     "NO_REPLY",
     "Conn",
     "Label",
@@ -198,7 +200,8 @@ _DEFINITION = re.compile(r"^([A-Za-z_]\w*)\s*==", re.M)
 
 def _definitions(module: Path) -> dict[str, str]:
     """The bodies of the top-level ``Name == body`` definitions of *module*."""
-    text = "\n".join(line.split("\\*", 1)[0] for line in module.read_text().splitlines())
+    text = re.sub(r"\(\*.*?\*\)", " ", module.read_text(), flags=re.S)  # (* comments *)
+    text = "\n".join(line.split("\\*", 1)[0] for line in text.splitlines())
     text = text.split("\n====", 1)[0]
     starts = list(_DEFINITION.finditer(text))
     bodies = {}

@@ -11,7 +11,7 @@ Commands (``op`` and arguments) and answers:
 ``unlisten addr``        -> ``{"ok": true}``
 ``connect addr``         -> ``{"transport": "ring" | "kernel", "cid": int | null}`` or error
 ``accept addr``          -> ``{"cid": int | null, "transport": ...}`` or error (timeout)
-``close cid``            -> ``{"ok": true}`` (closes the socket of connection *cid*)
+``close cid end``        -> ``{"ok": true}`` (closes our *end*, "client" or "server", of *cid*)
 ``sync``                 -> ``{"ok": true}`` once the monitor has read everything this
                             process sent it before (a PING on its channel)
 ``pid``                  -> ``{"pid": os.getpid()}``
@@ -38,7 +38,7 @@ TIMEOUT = 10.0
 class Worker:
     def __init__(self) -> None:
         self.listeners: dict[str, impl.socket] = {}
-        self.socks: dict[int, impl.socket] = {}
+        self.socks: dict[tuple[int, str], impl.socket] = {}   # (cid, end) -> socket
         self.kernel: list[impl.socket] = []   # kernel connections: not the monitor's
 
     def listen(self, addr: str, backlog: int) -> dict:
@@ -66,7 +66,7 @@ class Worker:
             raise
         if s.transport == "ring":
             cid = s._conn.cid
-            self.socks[cid] = s
+            self.socks[(cid, "client")] = s
             return {"transport": "ring", "cid": cid}
         self.kernel.append(s)
         return {"transport": "kernel", "cid": None}
@@ -79,11 +79,11 @@ class Worker:
             self.kernel.append(s)
             return {"transport": s.transport, "cid": None}
         cid = s._conn.cid
-        self.socks[cid] = s
+        self.socks[(cid, "server")] = s
         return {"transport": "ring", "cid": cid}
 
-    def close(self, cid: int) -> dict:
-        self.socks.pop(cid).close()
+    def close(self, cid: int, end: str) -> dict:
+        self.socks.pop((cid, end)).close()
         return {"ok": True}
 
     def sync(self) -> dict:

@@ -395,6 +395,7 @@ def _tlc(tmp_path: Path, name: str, *, invariants: bool, **kwargs):
 
 
 @needs_tlc
+@pytest.mark.slow
 def test_small_config_matches_tlc_state_for_state(graphs, tmp_path: Path) -> None:
     """Counts, depth, and the whole labelled state graph."""
     from spec.tracecheck import read_dot

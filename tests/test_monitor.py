@@ -679,3 +679,38 @@ def test_autostart_off_means_kernel_sockets(tmp_path):
         for p in procs:
             p.kill()
             p.wait()
+
+
+# -- descriptors handed over by the monitor ------------------------------------------------------
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_ring_attach_adopt_takes_the_descriptors_as_they_are():
+    """Ring.attach(adopt=True): no dup; the ring owns them, closes them, even on failure."""
+    from impl.ring import Ring, RingCorrupt, RingFds
+    with Ring.create(4096) as made:
+        given = RingFds(*(os.dup(fd) for fd in made.fds()))
+        ring = Ring.attach(given, adopt=True)
+        assert ring.fds() == given
+        ring.writer().write(b"hello")
+        assert made.reader().read(5) == b"hello"      # the same ring
+        ring.close()
+        assert not any(_is_open(fd) for fd in given)
+        bad = os.memfd_create("not-a-ring", os.MFD_CLOEXEC)
+        efds = [os.dup(fd) for fd in made.fds()[1:]]
+        with pytest.raises(RingCorrupt):
+            Ring.attach(RingFds(bad, *efds), adopt=True)
+        assert not any(_is_open(fd) for fd in (bad, *efds))
+        kept = RingFds(*(os.dup(fd) for fd in made.fds()))
+        try:
+            with Ring.attach(kept) as twin:               # without adopt: a copy
+                assert set(twin.fds()).isdisjoint(kept)
+            assert all(_is_open(fd) for fd in kept)
+        finally:
+            for fd in kept:
+                os.close(fd)

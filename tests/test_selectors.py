@@ -745,3 +745,40 @@ def wait_flag_ring(ring) -> bool:
             return False
         os.sched_yield()
     return True
+
+
+# -- the adaptive spin ---------------------------------------------------------------------
+
+
+def test_spin_budget_adapts_to_how_fast_events_come():
+    with RingSelector(spin_ns=40_000) as s:
+        assert 0 < s.spin_budget <= 40_000
+        for _ in range(20):
+            s._learn(10**9)  # an idle peer: events take long
+        assert s.spin_budget == 0, "spinning for events that never come in time"
+        for _ in range(40):
+            s._learn(3_000)  # a quick peer again
+        assert 0 < s.spin_budget <= 2 * 3_000 + 100
+    with RingSelector(spin_ns=0) as s:
+        s._learn(10)
+        assert s.spin_budget == 0
+
+
+def test_spin_learns_only_from_ring_events(pair):
+    a, b = pair
+    rk, wk = socket.socketpair()
+    with RingSelector(spin_ns=40_000) as s:
+        s.register(b, EVENT_READ, "ring")
+        s.register(rk, EVENT_READ, "kernel")
+        before = s._wait_est
+        wk.send(b"k")
+        assert events_of(s.select(WAIT)) == {"kernel": EVENT_READ}
+        assert s._wait_est == before  # a kernel event says nothing about the rings
+        rk.recv(1)
+        assert s.select(0.01) == []
+        assert s._wait_est == before  # nor does a timeout
+        a.sendall(b"r")
+        assert events_of(s.select(WAIT)) == {"ring": EVENT_READ}
+        assert s._wait_est == before  # found at once: no wait to learn from
+    rk.close()
+    wk.close()

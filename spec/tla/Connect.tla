@@ -37,8 +37,8 @@
 EXTENDS Naturals, Sequences, FiniteSets
 
 CONSTANTS
-    Procs,          \* the client processes (model values)
-    Addrs,          \* the listen addresses (model values)
+    Procs,          \* the client processes (names)
+    Addrs,          \* the listen addresses (names)
     Backlog,        \* most connections queued, not yet accepted, per listener
     MaxConns,       \* connection ids are 1..MaxConns (bounds the model)
     Acls,           \* the ACLs the operator may load: sets of allowed triples

@@ -1,0 +1,331 @@
+"""The real monitor against the Connect model, step by step, and its traces against Connect.tla.
+
+A Hypothesis state machine drives a live monitor (its own, per example) and
+three client processes (``tests/connect_worker.py``, named p1..p3 on their
+command lines so that ACL rules can tell them apart) with the model's
+enabled actions: listen, listen denied, unlisten, connect (which the monitor
+answers: Connect and HandleConnect), accept, close either end, kill -9 (Die,
+then the monitor's Cleanup), and reload of the ACL file.  Addresses a1, a2
+are abstract AF_UNIX names.
+
+After every step, the refinement mapping (:func:`abstract`) reads the
+monitor's STATUS -- listeners, connections with both ends' states, the
+connection counter -- and what the processes observed (the route each
+connect took, the id it got) into the spec's variables, and they must equal
+the model's.  The monitor handles its channels asynchronously (a close is a
+one-way message, a death is seen through a pidfd), so the check waits,
+bounded, until the two agree, and fails with the difference if they do not.
+
+Every run is also kept as a trace, and one TLC run checks at the end that
+every trace is a behaviour of Connect.tla (spec.tracecheck).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from impl.monitor import protocol as P
+from spec import connect as M
+from spec import tracecheck
+from spec.configs import TLA_DIR
+from tests.gates import needs_tlc
+from tests.monitor_util import ROOT, running_monitor
+
+pytestmark = pytest.mark.slow
+
+PROCS = ("p1", "p2", "p3")
+ADDRS = ("a1", "a2")
+BACKLOG = 2
+MAX_CONNS = 40
+EVERYTHING = frozenset((d, p, a) for d in M.DIRECTIONS for p in PROCS for a in ADDRS)
+ACL_A = EVERYTHING - {("connect", "p3", "a1"), ("listen", "p2", "a1")}
+ACL_B = EVERYTHING - {("connect", "p1", "a1"), ("listen", "p1", "a2"), ("connect", "p2", "a2")}
+PARAMS = M.Params(Procs=PROCS, Addrs=ADDRS, Backlog=BACKLOG, MaxConns=MAX_CONNS,
+                  Acls=frozenset({ACL_A, ACL_B}), InitAcl=ACL_A)
+#: Bound on waiting for the monitor to reflect a step (it is asynchronous).
+SETTLE = 10.0
+TRACES: list[list[tracecheck.Event]] = []
+
+
+def acl_toml(acl: frozenset, tag: str) -> str:
+    """The monitor's TOML rules for *acl*: deny every triple it lacks, allow the rest."""
+    lines = ['default = "allow"', ""]
+    for d, p, a in sorted(EVERYTHING - acl):
+        lines += ["[[rule]]", f'name = "no-{d}-{p}-{a}"', 'action = "deny"',
+                  f'direction = "{d}"', f'cmdline = "* --name {p}"',
+                  f'address = "@{address(tag, a)[1:]}"', ""]
+    return "\n".join(lines)
+
+
+def address(tag: str, a: str) -> str:
+    """The abstract AF_UNIX name of address *a* in one example."""
+    return f"\0sdtest-{tag}-{a}"
+
+
+class Worker:
+    """One client process, driven over its stdin/stdout."""
+
+    def __init__(self, name: str, env: dict) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.connect_worker", "--name", name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=str(ROOT), text=True)
+        self.pid = self.proc.pid
+
+    def call(self, op: str, **args) -> dict:
+        self.proc.stdin.write(json.dumps({"op": op, **args}) + "\n")
+        self.proc.stdin.flush()
+        ready, _, _ = select.select([self.proc.stdout], [], [], 30)
+        assert ready, f"{self.name} did not answer {op} {args} within 30 s"
+        line = self.proc.stdout.readline()
+        assert line, f"{self.name} died during {op} {args}"
+        return json.loads(line)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class ConnectMachine(RuleBasedStateMachine):
+    """Drive the monitor with the model's actions; compare after every step."""
+
+    @initialize()
+    def start(self) -> None:
+        self.tag = uuid.uuid4().hex[:10]
+        self._mon_cm = running_monitor(acl_text=acl_toml(ACL_A, self.tag))
+        self.mon = self._mon_cm.__enter__()
+        self.config = Path(self.mon.path).parent / "acl.toml"
+        env = dict(os.environ, PYTHONPATH=str(ROOT), SOCKSDIRECT_AUTOSTART="0")
+        self.workers = {p: Worker(p, env) for p in PROCS}
+        self.names = {w.pid: p for p, w in self.workers.items()}
+        self.state = M.init_states(PARAMS)[0]
+        self.replies = {p: M.NO_REPLY for p in PROCS}   # what each process observed
+        self.trace = [tracecheck.Event("Init", (), self.tla_state(self.state))]
+
+    def teardown(self) -> None:
+        for w in getattr(self, "workers", {}).values():
+            w.stop()
+        if hasattr(self, "_mon_cm"):
+            self._mon_cm.__exit__(None, None, None)
+        if getattr(self, "trace", None) and len(self.trace) > 1:
+            TRACES.append(self.trace)
+
+    # -- the refinement mapping ------------------------------------------------
+    def abstract(self, status: dict) -> M.State:
+        """The spec's variables from the monitor's STATUS and what the processes saw."""
+        addr_of = {address(self.tag, a): a for a in ADDRS}
+        listeners: list[M.Listener | None] = [None] * len(ADDRS)
+        conns: list[M.Conn | None] = [None] * MAX_CONNS
+        queued: dict[str, list[int]] = {a: [] for a in ADDRS}
+        for c in status["connections"]:
+            a = addr_of[c["address"][0]]
+            conns[c["id"] - 1] = M.Conn(self.names[c["client"]], self.names[c["server"]], a,
+                                        c["client_side"], c["server_side"])
+            if c["server_side"] == "queued":
+                queued[a].append(c["id"])
+        for lst in status["listeners"]:
+            a = addr_of[lst["address"][0]]
+            # The monitor's queue is FIFO in id order: ids grow as conns are queued.
+            listeners[PARAMS.addr(a)] = M.Listener(self.names[lst["pid"]],
+                                                   tuple(sorted(queued[a])))
+        s = self.state
+        return M.State(
+            alive=s.alive,          # the machine's own knowledge: it kills processes
+            acl=s.acl,              # ... and reloads the rules
+            listeners=tuple(listeners), conns=tuple(conns),
+            req=tuple(None for _ in PROCS),   # connect is one call: never outstanding here
+            reply=tuple(self.replies[p] for p in PROCS),
+            cleaned=s.cleaned,
+            nextId=status["counters"]["connections"] + 1)
+
+    def settle(self) -> None:
+        """Wait (bounded) until the monitor's tables refine the model's state."""
+        deadline = time.monotonic() + SETTLE
+        while True:
+            got = self.abstract(self.mon.status())
+            if got == self.state or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)  # a bounded poll of the monitor's tables, not a sync
+        for field in M.State._fields:
+            assert getattr(got, field) == getattr(self.state, field), (
+                f"after {self.trace[-1].action}{self.trace[-1].params}: {field} is "
+                f"{getattr(got, field)} in the monitor, {getattr(self.state, field)} in "
+                "the model")
+
+    def tla_state(self, s: M.State) -> dict:
+        return M.to_tla_state(PARAMS, s)
+
+    def take(self, label: M.Label) -> None:
+        nxt = M.step(PARAMS, self.state, label)
+        assert nxt is not None, f"{label} not enabled in the model"
+        self.state = nxt
+        params = label.params
+        if label.name == "Close":
+            params = params[:2]   # the spec's Close(p, c): the end is its disjunction
+        elif label.name == "Reload":
+            params = (frozenset(params[0]),)
+        self.trace.append(tracecheck.Event(label.name, params, self.tla_state(nxt)))
+
+    def enabled(self, *names: str) -> list[M.Label]:
+        return [lab for lab, _ in M.next_states(PARAMS, self.state) if lab.name in names]
+
+    # -- rules -------------------------------------------------------------------------
+    @rule(data=st.data())
+    def listen(self, data) -> None:
+        """Connect!Listen / ListenDenied: the ACL decides which."""
+        labels = self.enabled("Listen", "ListenDenied")
+        if not labels:
+            return
+        lab = data.draw(st.sampled_from(labels))
+        p, a = lab.params
+        out = self.workers[p].call("listen", addr=address(self.tag, a), backlog=BACKLOG)
+        if lab.name == "Listen":
+            assert out.get("ok"), f"{p} listen on {a}: {out}"
+        else:
+            assert out.get("kind") == "PermissionError", f"{p} listen on {a}: {out}"
+        self.take(lab)
+        self.settle()
+
+    @rule(data=st.data())
+    def unlisten(self, data) -> None:
+        """Connect!Unlisten: queued connections are reset."""
+        labels = self.enabled("Unlisten")
+        if labels:
+            lab = data.draw(st.sampled_from(labels))
+            p, a = lab.params
+            assert self.workers[p].call("unlisten", addr=address(self.tag, a)).get("ok")
+            self.take(lab)
+            self.settle()
+
+    @rule(data=st.data())
+    def connect(self, data) -> None:
+        """Connect!Connect then Connect!HandleConnect: one connect() call."""
+        labels = self.enabled("Connect")
+        if not labels:
+            return
+        lab = data.draw(st.sampled_from(labels))
+        p, a = lab.params
+        out = self.workers[p].call("connect", addr=address(self.tag, a))
+        if out.get("transport") == "ring":
+            seen = M.Reply("ring", out["cid"])
+        elif "denied by rule" in out.get("message", ""):
+            seen = M.Reply("refused")
+        else:  # the monitor said "kernel"; the kernel may then refuse or time out
+            seen = M.Reply("kernel")
+        self.replies[p] = seen
+        self.take(lab)
+        self.take(M.Label("HandleConnect", (p,)))
+        self.settle()
+
+    @rule(data=st.data())
+    def accept(self, data) -> None:
+        """Connect!Accept: the oldest queued connection comes out first."""
+        labels = self.enabled("Accept")
+        if not labels:
+            return
+        lab = data.draw(st.sampled_from(labels))
+        p, a = lab.params
+        head = self.state.listeners[PARAMS.addr(a)].queue[0]
+        out = self.workers[p].call("accept", addr=address(self.tag, a))
+        assert out == {"transport": "ring", "cid": head}, f"{p} accept on {a}: {out}"
+        self.take(lab)
+        self.settle()
+
+    @rule(data=st.data())
+    def close(self, data) -> None:
+        """Connect!Close of one end."""
+        labels = self.enabled("Close")
+        if not labels:
+            return
+        lab = data.draw(st.sampled_from(labels))
+        p, c, end = lab.params
+        w = self.workers[p]
+        assert w.call("close", cid=c, end=end).get("ok")
+        assert w.call("sync").get("ok")   # the CLOSE is read before the PING's reply
+        self.take(lab)
+        self.settle()
+
+    @rule(data=st.data())
+    def die(self, data) -> None:
+        """Connect!Die (kill -9), then Connect!Cleanup once the monitor has noticed."""
+        labels = self.enabled("Die")
+        if len(labels) <= 1:
+            return  # keep one process alive: a machine of corpses checks nothing
+        lab = data.draw(st.sampled_from(labels))
+        (p,) = lab.params
+        self.workers[p].kill()
+        self.replies[p] = M.NO_REPLY
+        self.take(lab)
+        self.take(M.Label("Cleanup", (p,)))
+        self.settle()
+
+    @rule(data=st.data())
+    def reload(self, data) -> None:
+        """Connect!Reload: new rules for new requests."""
+        labels = self.enabled("Reload")
+        if not labels:
+            return
+        lab = data.draw(st.sampled_from(labels))
+        self.config.write_text(acl_toml(frozenset(lab.params[0]), self.tag))
+        self.mon.request(P.RELOAD)
+        self.take(lab)
+        self.settle()
+
+    @invariant()
+    def model_invariants(self) -> None:
+        if hasattr(self, "state"):
+            assert M.invariants(PARAMS, self.state) == []
+
+
+TestConnectMachine = ConnectMachine.TestCase
+TestConnectMachine.settings = settings(
+    max_examples=int(os.environ.get("CONNECT_MACHINE_EXAMPLES", "12")),
+    stateful_step_count=30, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def _formula(name: str) -> str:
+    """The spec's action for an event: params p[1], p[2], ... in order."""
+    arity = {"Listen": 2, "ListenDenied": 2, "Unlisten": 2, "Connect": 2, "Accept": 2,
+             "HandleConnect": 1, "Close": 2, "Die": 1, "Cleanup": 1, "Reload": 1}[name]
+    return f"{name}(" + ", ".join(f"p[{i}]" for i in range(1, arity + 1)) + ")"
+
+
+@needs_tlc
+def test_traces_are_behaviours_of_connect_tla() -> None:
+    """Every machine run above, replayed by TLC as a behaviour of Connect.tla."""
+    if not TRACES:
+        pytest.skip("run together with TestConnectMachine (it records the traces)")
+    consts = {"Procs": frozenset(PROCS), "Addrs": frozenset(ADDRS), "Backlog": BACKLOG,
+              "MaxConns": MAX_CONNS, "Acls": frozenset({ACL_A, ACL_B}), "InitAcl": ACL_A,
+              "None": "NONE", "CleanupQueues": True, "CheckAclFirst": True}
+    res = tracecheck.check_traces(TLA_DIR, "Connect", consts, TRACES,
+                                  action_formula=_formula,
+                                  invariants=["TypeOK", "AcceptedMatchesOneConnect",
+                                              "BacklogBound", "NoLeak"])
+    assert res.ok, str(res.failure)
+    assert res.traces == len(TRACES) and res.events > len(TRACES)
+
