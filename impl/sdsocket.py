@@ -174,6 +174,7 @@ class _RingConn:
         self.writer, self.reader = tx.writer(), rx.reader()
         self.cid = cid
         self.monitor = monitor
+        self.end = "client"         # or "server": which end of the monitor's connection
         self.family = family
         self.local, self.peer = local, peer
         self.refs = 1
@@ -271,7 +272,7 @@ class _RingConn:
         # A restarted monitor never knew this connection, and nothing keeps
         # its ids apart from the old one's: a stale CLOSE could name one of its.
         if chan is not None and _monitor_of(chan) == self.monitor:
-            chan.notify(P.CLOSE, {"id": self.cid})
+            chan.notify(P.CLOSE, {"id": self.cid, "end": self.end})
 
 
 def _before_fork() -> None:
@@ -1172,6 +1173,7 @@ class _Listener:
         conn = _RingConn.from_fds(msg.fds, body["id"], self.family,
                                   _from_wire(self.family, body["local"]),
                                   _from_wire(self.family, body["peer"]), self.monitor)
+        conn.end = "server"
         chan.notify(P.ACCEPTED, {"id": body["id"]})
         sock = owner._from_conn(conn, owner.type, owner.proto)
         return sock, conn.peer

@@ -325,7 +325,8 @@ class RingSelector(selectors.BaseSelector):
         ring = self._rings.pop(fd, None)
         if ring is not None:
             self._ring_list = tuple(self._rings.values())
-            self._unwatch(fd, fd)
+            if ring.rd:
+                self._unwatch(fd, fd)
             if ring.wr:
                 self._unwatch(ring.space_fd, fd)
         else:

@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spec.tlavalue import normalize, parse, to_tla
+from spec.tlavalue import ModelValue, normalize, parse, to_tla
 from spec.tlc import TLCResult, run_tlc
 
 __all__ = [
@@ -407,7 +407,8 @@ def _write_trace_module(
         "",
     ]
     for name, value in constants.items():
-        lines.append(f"XConst_{name} == {to_tla(value)}")
+        if not isinstance(value, ModelValue):  # model values are assigned in the .cfg
+            lines.append(f"XConst_{name} == {to_tla(value)}")
     lines += ["", "Traces == <<"]
     for t, trace in enumerate(traces):
         lines.append("<<")
@@ -471,7 +472,8 @@ def _write_trace_module(
     ]
     (out / "XTrace.tla").write_text("\n".join(lines), encoding="utf-8")
     cfg = ["CONSTANTS"]
-    cfg += [f"    {name} <- XConst_{name}" for name in constants]
+    cfg += [f"    {name} = {value}" if isinstance(value, ModelValue)
+            else f"    {name} <- XConst_{name}" for name, value in constants.items()]
     cfg += ["INIT XInit", "NEXT XNext", "INVARIANTS XInitOK"]
     cfg += [f"    XInv{i}" for i in range(1, len(invariants) + 1)] + [""]
     (out / "XTrace.cfg").write_text("\n".join(cfg), encoding="utf-8")

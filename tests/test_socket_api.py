@@ -1174,6 +1174,7 @@ def test_stale_close_never_reaches_a_restarted_monitor(monkeypatch):
         assert sent == []
         p.b.close()
         assert [op for op, _ in sent] == [P.CLOSE]
+        assert sent[0][1]["end"] in ("client", "server")
 
 
 # -- nothing leaks --------------------------------------------------------------------------------

@@ -126,6 +126,10 @@ SCHEMAS: dict[int, dict[str, tuple[type, ...]]] = {
     ERROR: {"errno": _INT, "message": _STR},
 }
 _OPEN_SCHEMA = frozenset({OK})
+#: op -> {field: allowed types} of fields that may be left out.  CLOSE's
+#: "end" ("client" or "server") says which end a process closes when it holds
+#: both ends of one connection (it connected to its own listener).
+OPTIONAL: dict[int, dict[str, tuple[type, ...]]] = {CLOSE: {"end": _STR}}
 
 #: op -> allowed descriptor counts.
 FD_COUNTS: dict[int, frozenset[int]] = {op: frozenset({0}) for op in OPS}
@@ -258,8 +262,11 @@ def _check_body(op: int, body: Any) -> None:
     if op in _OPEN_SCHEMA:
         return
     schema = SCHEMAS[op]
-    for name, types in schema.items():
+    optional = OPTIONAL.get(op, {})
+    for name, types in (*schema.items(), *optional.items()):
         if name not in body:
+            if name in optional:
+                continue
             raise ProtocolError(f"{OP_NAMES[op]} lacks field {name!r}", fatal=False)
         value = body[name]
         # bool is an int in Python, never in this protocol.
@@ -267,7 +274,7 @@ def _check_body(op: int, body: Any) -> None:
             want = "/".join(t.__name__ for t in types)
             raise ProtocolError(f"{OP_NAMES[op]} field {name!r} must be {want}, "
                                 f"got {type(value).__name__}", fatal=False)
-    extra = sorted(set(body) - set(schema), key=str)
+    extra = sorted(set(body) - set(schema) - set(optional), key=str)
     if extra:
         shown = ", ".join(_quote(name) for name in extra[:3])
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""

@@ -851,9 +851,14 @@ class Monitor:
         conn = self.conns.get(msg.body["id"])
         if conn is None:
             return  # both sides gone already, or an id of an earlier monitor
-        if conn.client == chan.pid and conn.cstate == "open":
+        end = msg.body.get("end")  # which end, for a process holding both
+        if end not in (None, "client", "server"):
+            log.warning("pid %d: CLOSE of connection %d names end %r", chan.pid, conn.id,
+                        end)
+            return
+        if conn.client == chan.pid and conn.cstate == "open" and end != "server":
             self._close_side(conn, "client", dead=False)
-        elif conn.server == chan.pid and conn.sstate != "closed":
+        elif conn.server == chan.pid and conn.sstate != "closed" and end != "client":
             if conn.sstate == "queued":
                 # Accepted and closed, and this CLOSE (process channel) overtook
                 # the ACCEPTED (listener channel): only the acceptor knows the id.
