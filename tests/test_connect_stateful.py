@@ -150,8 +150,9 @@ class ConnectMachine(RuleBasedStateMachine):
         queued: dict[str, list[int]] = {a: [] for a in ADDRS}
         for c in status["connections"]:
             a = addr_of[c["address"][0]]
-            conns[spec_id(c["id"]) - 1] = M.Conn(self.names[c["client"]], self.names[c["server"]], a,
-                                        c["client_side"], c["server_side"])
+            conns[spec_id(c["id"]) - 1] = M.Conn(
+                self.names[c["client"]], self.names[c["server"]], a,
+                c["client_side"], c["server_side"])
             if c["server_side"] == "queued":
                 queued[a].append(spec_id(c["id"]))
         for lst in status["listeners"]:
