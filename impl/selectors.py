@@ -73,14 +73,24 @@ import socket as _stdsocket
 import time
 from collections.abc import Iterator, Mapping
 
+# The stdlib module's names too, so that this module can stand in for it.
+from selectors import (
+    EVENT_READ,
+    EVENT_WRITE,
+    BaseSelector,
+    EpollSelector,
+    PollSelector,
+    SelectorKey,
+    SelectSelector,
+)
+
 from impl import sdsocket
 from impl.ring import layout
 
 __all__ = ["RingSelector", "DefaultSelector", "EventLoopPolicy", "new_event_loop",
-           "EVENT_READ", "EVENT_WRITE", "SPIN_NS", "KERNEL_EVERY"]
+           "SPIN_NS", "KERNEL_EVERY", "EVENT_READ", "EVENT_WRITE", "BaseSelector",
+           "SelectorKey", "SelectSelector", "PollSelector", "EpollSelector"]
 
-EVENT_READ = selectors.EVENT_READ
-EVENT_WRITE = selectors.EVENT_WRITE
 _EVENTS = EVENT_READ | EVENT_WRITE
 
 #: Default upper bound (nanoseconds) of the spin over the rings before
@@ -179,7 +189,9 @@ class _Ring:
         """
         try:
             if self.rd:
-                self.conn.arm()  # exact mode from now on (what fileno() does)
+                conn = self.conn
+                if not conn.readiness:
+                    conn.arm()  # exact mode from now on (what fileno() does)
                 if self.reader.settle():
                     return True
             if self.wr and self.writer.settle_space():
@@ -252,7 +264,7 @@ class RingSelector(selectors.BaseSelector):
         self._keys: dict[int, selectors.SelectorKey] = {}   # fd -> key
         self._rings: dict[int, _Ring] = {}                  # fd -> ring view, ring keys only
         self._ring_list: tuple[_Ring, ...] = ()             # snapshot that select() iterates
-        self._n_kernel = 0                                   # keys watched by epoll alone
+        self._kernel: dict[int, selectors.SelectorKey] = {} # fd -> key, epoll-only keys
         # Epoll bookkeeping: a watched descriptor may serve several keys (the
         # space eventfd of a ring shared by dup()ed sockets).
         self._owners: dict[int, dict[int, int]] = {}        # watched fd -> {key fd: event}
@@ -310,7 +322,7 @@ class RingSelector(selectors.BaseSelector):
             except BaseException:
                 self._unwatch(fd, fd)
                 raise
-            self._n_kernel += 1
+            self._kernel[fd] = key
         self._keys[fd] = key
         return key
 
@@ -330,7 +342,7 @@ class RingSelector(selectors.BaseSelector):
             if ring.wr:
                 self._unwatch(ring.space_fd, fd)
         else:
-            self._n_kernel -= 1
+            del self._kernel[fd]
             self._unwatch(fd, fd)
         return key
 
@@ -356,6 +368,8 @@ class RingSelector(selectors.BaseSelector):
             self._keys[fd] = key
             if ring is not None:
                 ring.set_key(key)
+            else:
+                self._kernel[fd] = key
             return key
         if data is not key.data:
             # asyncio does this on every add_reader/remove_reader: keep it cheap.
@@ -364,6 +378,8 @@ class RingSelector(selectors.BaseSelector):
             ring = self._rings.get(fd)
             if ring is not None:
                 ring.set_key(key)
+            else:
+                self._kernel[fd] = key
         return key
 
     def get_key(self, fileobj) -> selectors.SelectorKey:
@@ -391,7 +407,7 @@ class RingSelector(selectors.BaseSelector):
         self._want.clear()
         self._have.clear()
         self._dirty.clear()
-        self._n_kernel = 0
+        self._kernel.clear()
         ep.close()
 
     # -- epoll bookkeeping ---------------------------------------------------------------
@@ -457,6 +473,8 @@ class RingSelector(selectors.BaseSelector):
 
     def _sync(self) -> None:
         """Add the ring watches registered since the last sleep to epoll."""
+        if not self._dirty:
+            return
         dirty, self._dirty = self._dirty, set()
         for wfd in dirty:
             want = self._want.get(wfd)
@@ -481,27 +499,23 @@ class RingSelector(selectors.BaseSelector):
         """Split epoll's answer: (ready kernel keys with events, ring eventfds seen)."""
         out = []
         ring_fds = []
-        keys, rings = self._keys, self._rings
+        kernel = self._kernel
         for wfd, mask in polled:
-            owners = self._owners.get(wfd)
-            if not owners:
-                continue  # unregistered meanwhile (another thread)
-            for key_fd in tuple(owners):  # another thread may unregister meanwhile
-                if key_fd in rings:
-                    ring_fds.append(wfd)
-                    continue
-                key = keys.get(key_fd)
-                if key is None:
-                    continue
-                # As the stock EpollSelector: HUP and ERR wake both directions.
-                ev = 0
-                if mask & ~select.EPOLLIN:
-                    ev |= EVENT_WRITE
-                if mask & ~select.EPOLLOUT:
-                    ev |= EVENT_READ
-                ev &= key.events
-                if ev:
-                    out.append((key, ev))
+            key = kernel.get(wfd)
+            if key is None:
+                # A ring's eventfd (ring and kernel keys never share a
+                # descriptor), or a key unregistered meanwhile by another thread.
+                ring_fds.append(wfd)
+                continue
+            # As the stock EpollSelector: HUP and ERR wake both directions.
+            ev = 0
+            if mask & ~select.EPOLLIN:
+                ev |= EVENT_WRITE
+            if mask & ~select.EPOLLOUT:
+                ev |= EVENT_READ
+            ev &= key.events
+            if ev:
+                out.append((key, ev))
         return out, ring_fds
 
     def _poll(self, timeout: float) -> tuple[list, list[int]]:
@@ -526,25 +540,27 @@ class RingSelector(selectors.BaseSelector):
         ready = self._scan()
         if ready:
             self._streak += 1
-            if self._n_kernel and self._streak >= self.kernel_every:
+            if self._kernel and self._streak >= self.kernel_every:
                 kernel, _ = self._poll(0)
                 return ready + kernel
             return ready
         if timeout is not None and timeout <= 0:
-            if not self._n_kernel:
+            if not self._kernel:
                 return []
             return self._poll(0)[0]
         deadline = None if timeout is None else time.monotonic() + timeout
         start = time.monotonic_ns()
-        budget = self.spin_budget
+        budget = self.spin_budget if self._ring_list else 0
         if budget:
             ready = self._spin(start, budget, deadline)
             if ready:
                 return ready
-        ready = self._block(deadline)
-        if self.spin_ns and any(key.fd in self._rings for key, _ in ready):
-            self._learn(time.monotonic_ns() - start)
-        return ready
+        ready, kernel = self._block(deadline)
+        if self.spin_ns and self._ring_list:
+            # Without a ring event (a kernel event or a timeout), a spin would
+            # only have delayed this wake-up: count it as a long wait.
+            self._learn(time.monotonic_ns() - start if ready else self._LONG)
+        return ready + kernel if kernel else ready
 
     @property
     def spin_budget(self) -> int:
@@ -553,7 +569,9 @@ class RingSelector(selectors.BaseSelector):
         Twice the moving average of how long ring events took to come while
         select() waited, capped at ``spin_ns``; 0 while that average exceeds
         ``spin_ns`` (an idle peer: spinning would only burn CPU) or when
-        ``spin_ns`` is 0.  Only waits that ended with a ring event count.
+        ``spin_ns`` is 0.  A wait that ended with a kernel event or a
+        timeout counts as a long one: the spin cannot see those, only delay
+        them.  No spin without ring sockets registered.
         """
         est = self._wait_est
         return 0 if est > self.spin_ns else min(self.spin_ns, 2 * est)
@@ -563,6 +581,8 @@ class RingSelector(selectors.BaseSelector):
         # Capped, so one long idle gap does not stop the spin for long.
         waited_ns = min(waited_ns, 4 * self.spin_ns + 1)
         self._wait_est += (waited_ns - self._wait_est) // 4
+
+    _LONG = 10**12  # a wait "longer than any spin"; _learn caps it
 
     def _spin(self, start: int, budget: int, deadline: float | None) -> list:
         """Look at the rings again for up to *budget* ns from *start* (never past *deadline*)."""
@@ -587,8 +607,8 @@ class RingSelector(selectors.BaseSelector):
                 now = clock()
         return []
 
-    def _block(self, deadline: float | None) -> list:
-        """Arm the rings, sleep in epoll, and sort out what woke us."""
+    def _block(self, deadline: float | None) -> tuple[list, list]:
+        """Arm the rings, sleep in epoll, and sort out what woke us: (ring, kernel) events."""
         while True:
             armed = True
             for ring in self._ring_list:
@@ -607,17 +627,23 @@ class RingSelector(selectors.BaseSelector):
             kernel, ring_fds = self._poll(wait)
             ready = self._scan()
             if ring_fds:
-                seen = {key.fd for key, _ in ready}
-                for wfd in ring_fds:
-                    for key_fd in tuple(self._owners.get(wfd, ())):
-                        ring = self._rings.get(key_fd)
-                        if ring is not None and key_fd not in seen:
-                            ring.woken_spuriously(wfd)
-            if kernel or ready:
-                return self._current(ready) + kernel
+                self._drop_stale(ring_fds, ready)
+            if ready:
+                return self._current(ready), kernel
+            if kernel:
+                return ready, kernel
             if deadline is not None and time.monotonic() >= deadline:
-                return []
+                return [], []
             # Spurious: a stale signal or a race with arming.  Sleep again.
+
+    def _drop_stale(self, ring_fds: list[int], ready: list) -> None:
+        """Drain the eventfds that woke us for rings that are not ready after all."""
+        seen = {key.fd for key, _ in ready}
+        for wfd in ring_fds:
+            for key_fd in tuple(self._owners.get(wfd, ())):
+                ring = self._rings.get(key_fd)
+                if ring is not None and key_fd not in seen:
+                    ring.woken_spuriously(wfd)
 
 
 #: The selector this module recommends, as in :mod:`selectors`.

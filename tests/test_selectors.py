@@ -764,21 +764,46 @@ def test_spin_budget_adapts_to_how_fast_events_come():
         assert s.spin_budget == 0
 
 
-def test_spin_learns_only_from_ring_events(pair):
+def test_spin_learns_from_what_ends_each_wait(pair):
     a, b = pair
     rk, wk = socket.socketpair()
     with RingSelector(spin_ns=40_000) as s:
         s.register(b, EVENT_READ, "ring")
         s.register(rk, EVENT_READ, "kernel")
-        before = s._wait_est
-        wk.send(b"k")
-        assert events_of(s.select(WAIT)) == {"kernel": EVENT_READ}
-        assert s._wait_est == before  # a kernel event says nothing about the rings
-        rk.recv(1)
-        assert s.select(0.01) == []
-        assert s._wait_est == before  # nor does a timeout
         a.sendall(b"r")
+        before = s._wait_est
         assert events_of(s.select(WAIT)) == {"ring": EVENT_READ}
         assert s._wait_est == before  # found at once: no wait to learn from
+        b.recv(1)
+        wk.send(b"k")
+        assert events_of(s.select(WAIT)) == {"kernel": EVENT_READ}
+        assert s._wait_est > before   # a spin could only have delayed it
+        rk.recv(1)
+        for _ in range(10):
+            assert s.select(0.001) == []
+        assert s.spin_budget == 0     # nothing comes over the rings: stop spinning
     rk.close()
     wk.close()
+
+
+def test_no_spin_without_ring_sockets():
+    rk, wk = socket.socketpair()
+    with RingSelector(spin_ns=1_000_000) as s:
+        s.register(rk, EVENT_READ, "kernel")
+        spins = []
+        real = s._spin
+        s._spin = lambda *args: spins.append(args) or real(*args)
+        assert s.select(0.001) == []
+        assert spins == []
+    rk.close()
+    wk.close()
+
+
+def test_module_stands_in_for_selectors():
+    import impl.selectors as mod
+    public = [n for n in vars(selectors)
+              if not n.startswith("_") and (n.isupper() or n.endswith(("Selector", "Key")))]
+    assert "EpollSelector" in public and "SelectorKey" in public
+    for name in public:
+        assert getattr(mod, name) is not None, name
+    assert mod.DefaultSelector is RingSelector

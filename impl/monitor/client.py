@@ -22,11 +22,9 @@ request costs no extra poll() call), starting a monitor after
 
 from __future__ import annotations
 
-import array
 import errno
 import fcntl
 import logging
-import mmap
 import os
 import select
 import socket
@@ -51,46 +49,12 @@ START_TIMEOUT = 15.0
 #: How long one request waits for the monitor to take it and to answer.
 REQUEST_TIMEOUT = 15.0
 
-_CMSG_SPACE = socket.CMSG_SPACE(P.MAX_FDS * array.array("i").itemsize)
-_RECV_SIZE = P.HEADER.size + P.MAX_BODY
-_tls = threading.local()
+#: The protocol's receive (into a reused buffer), under its old name here.
+recv_msg = P.recv_msg
 
 
 class MonitorUnavailable(OSError):
     """No monitor answers and none could be started."""
-
-
-def _buffer() -> mmap.mmap:
-    """This thread's receive buffer: MAX_BODY bytes of address space, pages on use.
-
-    Allocating a buffer that large for every message (what recv and recvmsg
-    do) costs tens of microseconds; a private anonymous mapping reused is
-    free, and stays private to each process after fork.
-    """
-    buf = getattr(_tls, "buf", None)
-    if buf is None or buf.closed:
-        buf = _tls.buf = mmap.mmap(-1, _RECV_SIZE,
-                                   flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    return buf
-
-
-def recv_msg(sock: socket.socket, buf: mmap.mmap | None = None) -> P.Message | None:
-    """Receive and decode one message, like protocol.recv_msg, into a reused buffer.
-
-    *buf* (at least HEADER + MAX_BODY bytes) defaults to this thread's.
-    Descriptors arrive close-on-exec.  None at EOF; ProtocolError for a
-    malformed message (its descriptors closed); OSError from the socket.
-    """
-    if buf is None:
-        buf = _buffer()
-    n, ancdata, flags, _ = sock.recvmsg_into([buf], _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
-    fds = array.array("i")
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
-    if n == 0 and not fds:
-        return None
-    return P.decode(buf[:n], list(fds), flags)
 
 
 def _set_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -140,7 +104,7 @@ class ControlChannel:
         with self._lock:
             try:
                 P.send_msg(self.sock, op, body, fds)
-                reply = recv_msg(self.sock)
+                reply = P.recv_msg(self.sock)
             except BlockingIOError:   # SO_RCVTIMEO / SO_SNDTIMEO ran out
                 self.sock.close()
                 raise TimeoutError(errno.ETIMEDOUT, f"the monitor at {self.path} did not "

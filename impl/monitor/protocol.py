@@ -58,9 +58,11 @@ import array
 import errno
 import json
 import math
+import mmap
 import os
 import socket
 import struct
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +92,14 @@ MAX_ERROR_MESSAGE = 1024
 #: How many characters of a value from the wire an error message quotes.
 _QUOTE = 60
 _FD_SIZE = array.array("i").itemsize
+_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * _FD_SIZE)
+_RECV_SIZE = HEADER.size + MAX_BODY
+# Plain ints: testing flags against the IntFlag members costs ~1 us a message.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+_MSG_CTRUNC = int(socket.MSG_CTRUNC)
+_MSG_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_SOL_SOCKET = int(socket.SOL_SOCKET)
+_SCM_RIGHTS = int(socket.SCM_RIGHTS)
 #: The six descriptors of a connection, in the order they travel.
 RING_FDS = ("tx_memfd", "tx_data_efd", "tx_space_efd", "rx_memfd", "rx_data_efd",
             "rx_space_efd")
@@ -130,6 +140,12 @@ _OPEN_SCHEMA = frozenset({OK})
 #: "end" ("client" or "server") says which end a process closes when it holds
 #: both ends of one connection (it connected to its own listener).
 OPTIONAL: dict[int, dict[str, tuple[type, ...]]] = {CLOSE: {"end": _STR}}
+# Per op, made once: (name, allowed types, required) of each field, and every
+# field name allowed -- _check_body runs on every message sent or received.
+_FIELDS = {op: (*((name, types, True) for name, types in SCHEMAS[op].items()),
+                *((name, types, False) for name, types in OPTIONAL.get(op, {}).items()))
+           for op in OPS}
+_ALLOWED = {op: frozenset(SCHEMAS[op]) | frozenset(OPTIONAL.get(op, {})) for op in OPS}
 
 #: op -> allowed descriptor counts.
 FD_COUNTS: dict[int, frozenset[int]] = {op: frozenset({0}) for op in OPS}
@@ -220,6 +236,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant,
                             object_pairs_hook=_no_duplicates)
+# Made once: json.dumps with any option builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _may_be_too_deep(text: str) -> bool:
+    """Could JSON *text* nest deeper than MAX_DEPTH?  False is certain.
+
+    Each level of nesting opens one bracket, so fewer than MAX_DEPTH + 1
+    brackets (counting those inside strings too) cannot nest too deep; the
+    exact walk (_too_deep) is only needed past that.
+    """
+    return text.count("[") + text.count("{") > MAX_DEPTH
 
 
 def _too_deep(value: Any) -> bool:
@@ -243,12 +271,15 @@ def encode(op: int, body: dict[str, Any] | None = None) -> bytes:
     """Return the packet for *op* with *body* (checked against its schema)."""
     body = {} if body is None else body
     _check_body(op, body)
-    if _too_deep(body):
-        raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}", fatal=False)
     try:
-        data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        text = _ENCODER.encode(body)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"{OP_NAMES[op]} body is not JSON: {exc}", fatal=False) from None
+    except RecursionError:
+        text = None     # nested far deeper than MAX_DEPTH
+    if text is None or (_may_be_too_deep(text) and _too_deep(body)):
+        raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}", fatal=False)
+    data = text.encode()
     if len(data) > MAX_BODY:
         raise ProtocolError(f"{OP_NAMES[op]} body of {len(data)} bytes exceeds {MAX_BODY}")
     return HEADER.pack(MAGIC, VERSION, op, len(data)) + data
@@ -261,21 +292,20 @@ def _check_body(op: int, body: Any) -> None:
         raise ProtocolError(f"{OP_NAMES[op]} body must be a JSON object", fatal=False)
     if op in _OPEN_SCHEMA:
         return
-    schema = SCHEMAS[op]
-    optional = OPTIONAL.get(op, {})
-    for name, types in (*schema.items(), *optional.items()):
+    for name, types, required in _FIELDS[op]:
         if name not in body:
-            if name in optional:
+            if not required:
                 continue
             raise ProtocolError(f"{OP_NAMES[op]} lacks field {name!r}", fatal=False)
         value = body[name]
         # bool is an int in Python, never in this protocol.
-        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        if not isinstance(value, types) or (value.__class__ is bool and bool not in types):
             want = "/".join(t.__name__ for t in types)
             raise ProtocolError(f"{OP_NAMES[op]} field {name!r} must be {want}, "
                                 f"got {type(value).__name__}", fatal=False)
-    extra = sorted(set(body) - set(schema) - set(optional), key=str)
-    if extra:
+    allowed = _ALLOWED[op]
+    if not allowed.issuperset(body):
+        extra = sorted(set(body) - allowed, key=str)
         shown = ", ".join(_quote(name) for name in extra[:3])
         more = f" and {len(extra) - 3} more" if len(extra) > 3 else ""
         raise ProtocolError(f"{OP_NAMES[op]} has unknown fields {shown}{more}", fatal=False)
@@ -289,9 +319,9 @@ def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Messag
     """
     fds = list(fds)
     try:
-        if msg_flags & socket.MSG_TRUNC:
+        if msg_flags & _MSG_TRUNC:
             raise ProtocolError(f"message longer than {HEADER.size + MAX_BODY} bytes")
-        if msg_flags & socket.MSG_CTRUNC:
+        if msg_flags & _MSG_CTRUNC:
             raise ProtocolError(f"more than {MAX_FDS} descriptors attached")
         if len(packet) < HEADER.size:
             raise ProtocolError(f"truncated header: {len(packet)} of {HEADER.size} bytes")
@@ -308,7 +338,8 @@ def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Messag
             raise ProtocolError(f"length field says {length} bytes, "
                                 f"packet holds {len(packet) - HEADER.size}")
         try:
-            body = _DECODER.decode(bytes(packet[HEADER.size:]).decode())
+            text = str(packet[HEADER.size:], "utf-8")
+            body = _DECODER.decode(text)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ProtocolError(f"{OP_NAMES[op]} body is not JSON: {exc}", fatal=False) from None
         except RecursionError:
@@ -316,7 +347,7 @@ def decode(packet: bytes, fds: Sequence[int] = (), msg_flags: int = 0) -> Messag
             raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}",
                                 fatal=False) from None
         _check_body(op, body)
-        if _too_deep(body):
+        if _may_be_too_deep(text) and _too_deep(body):
             raise ProtocolError(f"{OP_NAMES[op]} body nests deeper than {MAX_DEPTH}",
                                 fatal=False)
         if len(fds) not in FD_COUNTS[op]:
@@ -340,30 +371,53 @@ def send_msg(sock: socket.socket, op: int, body: dict[str, Any] | None = None,
         raise ProtocolError(f"{OP_NAMES[op]} cannot carry {len(fds)} descriptors",
                             fatal=False)
     if fds:
-        socket.send_fds(sock, [data], list(fds))
+        # What socket.send_fds does, without its extra call and list.
+        sock.sendmsg((data,), ((_SOL_SOCKET, _SCM_RIGHTS, array.array("i", fds)),))
     else:
         sock.send(data)
 
 
-def recv_msg(sock: socket.socket) -> Message | None:
+_tls = threading.local()
+
+
+def _buffer() -> mmap.mmap:
+    """This thread's receive buffer: HEADER + MAX_BODY bytes of address space, pages on use.
+
+    recvmsg() allocates a buffer of the size asked for every message: for
+    MAX_BODY that costs tens of microseconds, more than the rest of a
+    CONNECT.  A private anonymous mapping reused costs nothing, and stays
+    private to each process after fork and to each thread.
+    """
+    buf = getattr(_tls, "buf", None)
+    if buf is None or buf.closed:
+        buf = _tls.buf = mmap.mmap(-1, _RECV_SIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return buf
+
+
+def recv_msg(sock: socket.socket, buf: mmap.mmap | bytearray | None = None) -> Message | None:
     """Receive and decode one message; None at EOF (the peer closed).
 
-    Received descriptors are close-on-exec, like every descriptor Python
-    opens (PEP 446): a program the receiver execs must not inherit a ring.
-    Raises ProtocolError for a malformed message, OSError from the socket.
+    The packet is received into *buf* (writable, at least HEADER + MAX_BODY
+    bytes; default: a buffer of this thread's, reused) and copied out, so
+    *buf* is free again on return.  Received descriptors are close-on-exec,
+    like every descriptor Python opens (PEP 446): a program the receiver
+    execs must not inherit a ring.  Raises ProtocolError for a malformed
+    message (its descriptors closed), OSError from the socket.
     """
+    if buf is None:
+        buf = _buffer()
+    elif len(buf) < _RECV_SIZE:
+        raise ValueError(f"receive buffer of {len(buf)} bytes, needs at least {_RECV_SIZE}")
     # Not socket.recv_fds: up to 3.12 it drops its flags argument, and with
     # it MSG_CMSG_CLOEXEC.
-    data, ancdata, flags, _ = sock.recvmsg(HEADER.size + MAX_BODY,
-                                           socket.CMSG_SPACE(MAX_FDS * _FD_SIZE),
-                                           socket.MSG_CMSG_CLOEXEC)
+    n, ancdata, flags, _ = sock.recvmsg_into((buf,), _CMSG_SPACE, _MSG_CMSG_CLOEXEC)
     fds = array.array("i")
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % _FD_SIZE])
-    if not data and not fds:
+    if n == 0 and not fds:
         return None
-    return decode(data, list(fds), flags)
+    return decode(buf[:n], fds.tolist(), flags)
 
 
 def errno_name(code: int) -> str:

@@ -48,7 +48,6 @@ from typing import Any
 
 from impl.monitor import acl as aclmod
 from impl.monitor import protocol as P
-from impl.monitor.client import recv_msg
 from impl.monitor.paths import ensure_private_dir
 from impl.ring import Ring, layout
 
@@ -452,7 +451,7 @@ class Monitor:
         if chan is None or chan.sock is not sock:
             return
         try:
-            msg = recv_msg(sock, self._rbuf)
+            msg = P.recv_msg(sock, self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except P.ProtocolError as exc:
