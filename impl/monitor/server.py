@@ -687,7 +687,14 @@ class Monitor:
             self._reply_error(chan, errno.ECONNREFUSED, f"connect to {_fmt(dest)} {decision}")
             return
         lst = self._find_listener(proc, family, dest)
-        if lst is None or lst.owner not in self.procs:
+        owner = self.procs.get(lst.owner) if lst is not None else None
+        if owner is not None and owner.pid != proc.pid and _readable(owner.pidfd):
+            # Connect.tla!HasRoom wants a live owner: one that has exited (its
+            # pidfd event not handled yet) is cleaned up first (Cleanup), so no
+            # ring is set up towards a dead process.
+            self.cleanup(owner.pid)
+            owner = None
+        if lst is None or owner is None:
             self._kernel_route(chan)
             return
         if len(lst.queue) >= lst.backlog:
