@@ -723,7 +723,7 @@ def asyncio_round_trips(variant: AsyncioVariant, placement: Placement, *, warmup
         raise ValueError(f"need warmup >= 0 and iterations >= 1, got {warmup}, {iterations}")
 
     def open_pair(same_cpu: bool) -> Channel:
-        parent, child = _open_pair(variant.kind, armed=True)
+        parent, child = _open_pair(variant.kind, armed=False)
         return Channel(parent=parent, child=child)  # type: ignore[arg-type]
 
     transport = Transport(variant.key, variant.label, variant.kind != "ring", open_pair)

@@ -43,9 +43,6 @@ from socket import (
     AF_INET,
     AF_INET6,
     AF_UNIX,
-    MSG_DONTWAIT,
-    MSG_PEEK,
-    MSG_WAITALL,
     SHUT_RD,
     SHUT_RDWR,
     SHUT_WR,
@@ -64,10 +61,17 @@ __all__ = ["socket", "socketpair", "create_connection", "create_server", "fromfd
 
 _RING_FAMILIES = {AF_INET: "inet", AF_INET6: "inet6", AF_UNIX: "unix"}
 _SOCK_TYPE_MASK = ~(_stdsocket.SOCK_NONBLOCK | _stdsocket.SOCK_CLOEXEC)
-_NOSIGNAL = getattr(_stdsocket, "MSG_NOSIGNAL", 0)
-_CMSG_CLOEXEC = getattr(_stdsocket, "MSG_CMSG_CLOEXEC", 0)
+# Plain ints, not the socket module's IntFlag members: IntFlag arithmetic
+# costs microseconds a call, and recv/send test flags on every call.
+MSG_DONTWAIT = int(_stdsocket.MSG_DONTWAIT)
+MSG_PEEK = int(_stdsocket.MSG_PEEK)
+MSG_WAITALL = int(_stdsocket.MSG_WAITALL)
+_NOSIGNAL = int(getattr(_stdsocket, "MSG_NOSIGNAL", 0))
+_CMSG_CLOEXEC = int(getattr(_stdsocket, "MSG_CMSG_CLOEXEC", 0))
 _RECV_FLAGS = MSG_PEEK | MSG_DONTWAIT | MSG_WAITALL | _NOSIGNAL | _CMSG_CLOEXEC
-_SEND_FLAGS = MSG_DONTWAIT | _NOSIGNAL | getattr(_stdsocket, "MSG_MORE", 0)
+_SEND_FLAGS = MSG_DONTWAIT | _NOSIGNAL | int(getattr(_stdsocket, "MSG_MORE", 0))
+#: recv(n) with a large n allocates no more than what waits, or this much.
+_RECV_CHUNK = 64 * 1024
 #: Ring size of socketpair() (the monitor picks it for connections).
 DEFAULT_BUF = 256 * 1024
 _MIN_BUF, _MAX_BUF = 4096, 64 * 1024 * 1024
@@ -754,9 +758,11 @@ class socket(_stdsocket.socket):
             return super().recv(bufsize, flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
-        if not flags & MSG_WAITALL:
-            # No more than the ring holds can arrive in one call.
-            bufsize = min(bufsize, conn.rx.capacity)
+        if bufsize > _RECV_CHUNK and not flags & MSG_WAITALL:
+            # asyncio asks for 256 KiB a call: zero-filling that much costs
+            # more than the read.  A stream read may return less, so allocate
+            # what waits (or a chunk, to wait for).
+            bufsize = min(bufsize, max(conn.reader.available, _RECV_CHUNK))
         buf = bytearray(bufsize)
         n = self._recv_ring(conn, buf, flags)
         return bytes(buf) if n == bufsize else bytes(memoryview(buf)[:n])
