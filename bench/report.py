@@ -210,9 +210,7 @@ def _socket_method(results: dict) -> list[str]:
             "`data_received` resolves once the 8 bytes are back). The loops: "
             f"{selector} over an `impl.socket` connection; the stock "
             "`asyncio.SelectorEventLoop` (epoll) over the same kind of connection, over "
-            "TCP loopback and over a Unix socketpair. Before the first ping both ends of a "
-            "ring connection call `fileno()` and exchange one byte, so that no message "
-            "arrives before its descriptor tracks readability. "
+            "TCP loopback and over a Unix socketpair. "
             f"{s['asyncio_warmup']:,} untimed round trips, then up to "
             f"{s['asyncio_iterations']:,} timed (at most {s['asyncio_budget']:g} s).")
     return lines

@@ -266,50 +266,26 @@ class _Held:
             thing.close()
 
 
-def _open_ring_pair(armed: bool = False) -> tuple[Callable[[], _Held], Callable[[], _Held]]:
+def _open_ring_pair() -> tuple[Callable[[], _Held], Callable[[], _Held]]:
     """Return (parent, child) openers: the child connects after the fork, the parent accepts.
 
     The connection is made after the fork so that each end belongs to the
     process that uses it, as it would between two programs: the monitor
     knows both by their SO_PEERCRED and cleans up after either.
-
-    *armed*: both ends call ``fileno()`` (which makes the descriptor track
-    readability) before any data flows, and the child then sends one byte
-    that the parent reads.  Without this an event loop can miss the first
-    message: at the time of writing, ``fileno()`` called when bytes already
-    wait leaves the eventfd unreadable (RingReader.settle), and asyncio
-    then waits for ever.  The benchmark measures speed, so it sidesteps
-    that race rather than hang on it.
     """
     listener = _ring_listener()
     address = listener.getsockname()
 
     def parent() -> _Held:
         try:
-            sock = _accept_ring(listener)
+            return _Held(_accept_ring(listener), (listener,))
         except BaseException:
             listener.close()
             raise
-        held = _Held(sock, (listener,))
-        if armed:
-            try:
-                sock.fileno()
-                sock.settimeout(_SETUP_WAIT)
-                if sock.recv(1) != b"!":
-                    raise EOFError("the child closed before it was ready")
-                sock.settimeout(None)
-            except BaseException:
-                held.close()
-                raise
-        return held
 
     def child() -> _Held:
         # The listener's descriptors are inherited; leave them to os._exit.
-        sock = _connect_ring(address)
-        if armed:
-            sock.fileno()
-            sock.sendall(b"!")
-        return _Held(sock)
+        return _Held(_connect_ring(address))
 
     return parent, child
 
@@ -339,9 +315,8 @@ def _open_kernel_pair(kind: str) -> tuple[Callable[[], _Held], Callable[[], _Hel
     return parent, child
 
 
-def _open_pair(kind: str, armed: bool = False) -> tuple[Callable[[], _Held],
-                                                       Callable[[], _Held]]:
-    return _open_ring_pair(armed) if kind == "ring" else _open_kernel_pair(kind)
+def _open_pair(kind: str) -> tuple[Callable[[], _Held], Callable[[], _Held]]:
+    return _open_ring_pair() if kind == "ring" else _open_kernel_pair(kind)
 
 
 # -- the impl.socket transport for round trips and streaming -------------------------------
@@ -723,7 +698,7 @@ def asyncio_round_trips(variant: AsyncioVariant, placement: Placement, *, warmup
         raise ValueError(f"need warmup >= 0 and iterations >= 1, got {warmup}, {iterations}")
 
     def open_pair(same_cpu: bool) -> Channel:
-        parent, child = _open_pair(variant.kind, armed=False)
+        parent, child = _open_pair(variant.kind)
         return Channel(parent=parent, child=child)  # type: ignore[arg-type]
 
     transport = Transport(variant.key, variant.label, variant.kind != "ring", open_pair)

@@ -31,7 +31,6 @@ data calls) it asks a kernel socket of the same kind.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import os
 import select
 import socket as _stdsocket
@@ -52,6 +51,7 @@ from socket import (
     SOL_SOCKET,
 )
 
+from impl.localaddr import is_local_address
 from impl.monitor import client as _client
 from impl.monitor import protocol as P
 from impl.ring import Ring, RingFds
@@ -89,7 +89,6 @@ _by_fd: weakref.WeakValueDictionary[int, socket] = weakref.WeakValueDictionary()
 _live: weakref.WeakSet[_RingConn] = weakref.WeakSet()
 # Control channel -> pid of the monitor at its other end.
 _chan_monitor: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_local_hosts: dict[str, bool] = {}
 
 
 def socket_for_fd(fd: int) -> socket | None:
@@ -141,27 +140,6 @@ def _channel_dead(chan: _client.ControlChannel | None) -> bool:
     poller.register(chan.sock.fileno(), select.POLLHUP | select.POLLRDHUP)
     return any(ev & (select.POLLHUP | select.POLLRDHUP | select.POLLERR | select.POLLNVAL)
                for _, ev in poller.poll(0))
-
-
-def _is_local(host: str) -> bool:
-    """Is *host* (numeric) an address of this host, so that a listener here could own it?"""
-    known = _local_hosts.get(host)
-    if known is None:
-        try:
-            ip = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        known = ip.is_loopback or ip.is_unspecified
-        if not known:
-            fam = AF_INET6 if ip.version == 6 else AF_INET
-            with _stdsocket.socket(fam, _stdsocket.SOCK_DGRAM) as probe:
-                try:
-                    probe.bind((host, 0))
-                    known = True
-                except OSError:
-                    known = False
-        _local_hosts[host] = known
-    return known
 
 
 class _RingConn:
@@ -687,7 +665,7 @@ class socket(_stdsocket.socket):
                 return None  # a descriptor handed to us: the kernel's EISCONN
             except OSError:
                 pass
-            return local if _is_local(host) else None
+            return local if is_local_address(host) else None
         try:
             super().bind((host, 0))
         except OSError as exc:

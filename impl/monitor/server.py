@@ -28,7 +28,6 @@ from __future__ import annotations
 import _socket  # the C socket: no enum conversions, on the connect path
 import errno
 import fcntl
-import ipaddress
 import itertools
 import logging
 import mmap
@@ -46,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from impl.localaddr import is_local_address
 from impl.monitor import acl as aclmod
 from impl.monitor import protocol as P
 from impl.monitor.paths import ensure_private_dir
@@ -72,7 +72,6 @@ _WILDCARD = {"inet": "0.0.0.0", "inet6": "::"}
 _ONE_WAY = frozenset({P.ACCEPTED, P.CLOSE})
 #: SO_PEERPIDFD (Linux 6.5): a pidfd of the very process that connected.
 _SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
-_LOCAL_CACHE_MAX = 256
 #: Most rounds of waiting messages a STATUS handles before it answers.
 _SETTLE_ROUNDS = 16
 
@@ -183,7 +182,6 @@ class Monitor:
         # Ids start at a random point: a CLOSE for a connection of a monitor
         # that was killed and restarted must not name one of this monitor's.
         self._ids = itertools.count((secrets.randbits(20) << 32) + 1)
-        self._local_cache: dict[str, bool] = {}
         self._stopping = False
         self._reload_asked = False
         self._settling = False
@@ -815,32 +813,9 @@ class Monitor:
             return self.listeners.get((proc.netns, "unix", dest[0]))
         host, port = dest
         lst = self.listeners.get((proc.netns, family, host, port))
-        if lst is None and self._is_local(host):
+        if lst is None and is_local_address(host):
             lst = self.listeners.get((proc.netns, family, _WILDCARD[family], port))
         return lst
-
-    def _is_local(self, host: str) -> bool:
-        """Is *host* an address of this host (so a wildcard listener receives it)?"""
-        known = self._local_cache.get(host)
-        if known is None:
-            try:
-                ip = ipaddress.ip_address(host.split("%")[0])
-            except ValueError:
-                return False
-            if ip.is_loopback:
-                known = True
-            else:
-                fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
-                with socket.socket(fam, socket.SOCK_DGRAM) as probe:
-                    try:
-                        probe.bind((host, 0))
-                        known = True
-                    except OSError:
-                        known = False
-            if len(self._local_cache) >= _LOCAL_CACHE_MAX:
-                self._local_cache.clear()   # clients choose the hosts: keep it bounded
-            self._local_cache[host] = known
-        return known
 
     # Connect.tla!Accept
     def _on_accepted(self, chan: Channel, msg: P.Message) -> None:
