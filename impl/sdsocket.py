@@ -730,6 +730,12 @@ class socket(_stdsocket.socket):
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to *bufsize* bytes; b"" at EOF."""
         conn = self._conn
+        if (conn is not None and not flags and self._rtimeout is None
+                and 0 < bufsize <= _RECV_CHUNK and not conn.readiness and not conn.shut_rd):
+            # The fast path of a blocking ring socket: one call into the ring.
+            buf = bytearray(bufsize)
+            n = conn.reader.recv_into(buf)  # RingCredit!Recv
+            return bytes(buf) if n == bufsize else bytes(memoryview(buf)[:n])
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recv(bufsize, flags)
@@ -748,6 +754,9 @@ class socket(_stdsocket.socket):
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into *buffer* (up to *nbytes*, default its size); return the count."""
         conn = self._conn
+        if (conn is not None and not nbytes and not flags and self._rtimeout is None
+                and not conn.readiness and not conn.shut_rd and type(buffer) is bytearray):
+            return conn.reader.recv_into(buffer)  # the fast path: RingCredit!Recv
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recv_into(buffer, nbytes, flags)
@@ -859,6 +868,13 @@ class socket(_stdsocket.socket):
     def send(self, data, flags: int = 0) -> int:
         """Send *data*; return the number of bytes sent (all of it when blocking)."""
         conn = self._conn
+        if (conn is not None and not flags and self._rtimeout is None and not conn.shut_wr
+                and type(data) is bytes):
+            try:  # the fast path of a blocking ring socket: one call into the ring
+                conn.writer.send_all(data)  # RingCredit!Write
+            except BrokenPipeError:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+            return len(data)
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.send(data, flags)
@@ -889,6 +905,12 @@ class socket(_stdsocket.socket):
     def sendall(self, data, flags: int = 0) -> None:
         """Send all of *data* (the timeout bounds the whole call)."""
         conn = self._conn
+        if conn is not None and not flags and self._rtimeout is None and not conn.shut_wr:
+            try:  # the fast path of a blocking ring socket: one call into the ring
+                conn.writer.send_all(data)  # RingCredit!Write
+            except BrokenPipeError:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+            return None
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.sendall(data, flags)
