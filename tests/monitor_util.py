@@ -63,11 +63,16 @@ class MonitorProc:
 
 
 def start_monitor(path: str, *, config: str | None = None, log_level: str = "info",
-                  log: Path | None = None) -> MonitorProc:
-    """Start ``python -m impl.monitor`` on *path*; return once it listens."""
+                  log: Path | None = None, command: tuple[str, ...] = ("impl.monitor",)
+                  ) -> MonitorProc:
+    """Start ``python -m impl.monitor`` on *path*; return once it listens.
+
+    *command* is the module to run and its first arguments (a planted-bug
+    monitor: ``("tests.planted_monitor", "BUG")``).
+    """
     log = log or Path(path).with_suffix(".log")
     r, w = os.pipe()
-    cmd = [sys.executable, "-m", "impl.monitor", "--socket", path, "--ready-fd", str(w),
+    cmd = [sys.executable, "-m", *command, "--socket", path, "--ready-fd", str(w),
            "--log-level", log_level]
     if config:
         cmd += ["--config", config]
@@ -91,7 +96,8 @@ def start_monitor(path: str, *, config: str | None = None, log_level: str = "inf
 
 @contextlib.contextmanager
 def running_monitor(*, config: str | None = None, acl_text: str | None = None,
-                    log_level: str = "info") -> Iterator[MonitorProc]:
+                    log_level: str = "info", command: tuple[str, ...] = ("impl.monitor",)
+                    ) -> Iterator[MonitorProc]:
     """A private monitor for one test; the library of this process uses it meanwhile."""
     with tempfile.TemporaryDirectory(prefix="sdmon-") as d:
         os.chmod(d, 0o700)
@@ -99,7 +105,7 @@ def running_monitor(*, config: str | None = None, acl_text: str | None = None,
             config = os.path.join(d, "acl.toml")
             Path(config).write_text(acl_text)
         mon = start_monitor(os.path.join(d, "monitor.sock"), config=config,
-                            log_level=log_level)
+                            log_level=log_level, command=command)
         try:
             with use_monitor(mon.path):
                 yield mon

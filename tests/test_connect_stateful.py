@@ -35,7 +35,13 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from impl.monitor import protocol as P
 from spec import connect as M
@@ -119,10 +125,16 @@ class Worker:
 class ConnectMachine(RuleBasedStateMachine):
     """Drive the monitor with the model's actions; compare after every step."""
 
+    #: The monitor to run: module and first arguments (planted bugs override it).
+    MONITOR: tuple[str, ...] = ("impl.monitor",)
+    #: Keep the runs for TLC's replay (not those of a planted bug).
+    RECORD = True
+
     @initialize()
     def start(self) -> None:
         self.tag = uuid.uuid4().hex[:10]
-        self._mon_cm = running_monitor(acl_text=acl_toml(ACL_A, self.tag))
+        self._mon_cm = running_monitor(acl_text=acl_toml(ACL_A, self.tag),
+                                       command=self.MONITOR)
         self.mon = self._mon_cm.__enter__()
         self.config = Path(self.mon.path).parent / "acl.toml"
         env = dict(os.environ, PYTHONPATH=str(ROOT), SOCKSDIRECT_AUTOSTART="0")
@@ -138,7 +150,7 @@ class ConnectMachine(RuleBasedStateMachine):
             w.stop()
         if hasattr(self, "_mon_cm"):
             self._mon_cm.__exit__(None, None, None)
-        if getattr(self, "trace", None) and len(self.trace) > 1:
+        if self.RECORD and getattr(self, "trace", None) and len(self.trace) > 1:
             TRACES.append(self.trace)
 
     # -- the refinement mapping ------------------------------------------------
@@ -201,14 +213,22 @@ class ConnectMachine(RuleBasedStateMachine):
     def enabled(self, *names: str) -> list[M.Label]:
         return [lab for lab, _ in M.next_states(PARAMS, self.state) if lab.name in names]
 
-    # -- rules -------------------------------------------------------------------------
+    # -- the one rule: any enabled action, then the check ----------------------------------
     @rule(data=st.data())
-    def listen(self, data) -> None:
+    def act(self, data) -> None:
+        """Take one of the model's enabled actions on the real system, then compare."""
+        labels = [lab for lab, _ in M.next_states(PARAMS, self.state)
+                  if lab.name in self._DO and not (lab.name == "Die" and self._last_alive())]
+        lab = data.draw(st.sampled_from(labels), label="action")
+        getattr(self, self._DO[lab.name])(lab)
+        self.settle()
+
+    def _last_alive(self) -> bool:
+        # Keep one process alive: a machine of corpses checks nothing.
+        return sum(self.state.alive) <= 1
+
+    def do_listen(self, lab: M.Label) -> None:
         """Connect!Listen / ListenDenied: the ACL decides which."""
-        labels = self.enabled("Listen", "ListenDenied")
-        if not labels:
-            return
-        lab = data.draw(st.sampled_from(labels))
         p, a = lab.params
         out = self.workers[p].call("listen", addr=address(self.tag, a), backlog=BACKLOG)
         if lab.name == "Listen":
@@ -216,26 +236,15 @@ class ConnectMachine(RuleBasedStateMachine):
         else:
             assert out.get("kind") == "PermissionError", f"{p} listen on {a}: {out}"
         self.take(lab)
-        self.settle()
 
-    @rule(data=st.data())
-    def unlisten(self, data) -> None:
+    def do_unlisten(self, lab: M.Label) -> None:
         """Connect!Unlisten: queued connections are reset."""
-        labels = self.enabled("Unlisten")
-        if labels:
-            lab = data.draw(st.sampled_from(labels))
-            p, a = lab.params
-            assert self.workers[p].call("unlisten", addr=address(self.tag, a)).get("ok")
-            self.take(lab)
-            self.settle()
+        p, a = lab.params
+        assert self.workers[p].call("unlisten", addr=address(self.tag, a)).get("ok")
+        self.take(lab)
 
-    @rule(data=st.data())
-    def connect(self, data) -> None:
+    def do_connect(self, lab: M.Label) -> None:
         """Connect!Connect then Connect!HandleConnect: one connect() call."""
-        labels = self.enabled("Connect")
-        if not labels:
-            return
-        lab = data.draw(st.sampled_from(labels))
         p, a = lab.params
         out = self.workers[p].call("connect", addr=address(self.tag, a))
         if out.get("transport") == "ring":
@@ -248,62 +257,43 @@ class ConnectMachine(RuleBasedStateMachine):
         self.replies[p] = seen
         self.take(lab)
         self.take(M.Label("HandleConnect", (p,)))
-        self.settle()
 
-    @rule(data=st.data())
-    def accept(self, data) -> None:
+    def do_accept(self, lab: M.Label) -> None:
         """Connect!Accept: the oldest queued connection comes out first."""
-        labels = self.enabled("Accept")
-        if not labels:
-            return
-        lab = data.draw(st.sampled_from(labels))
         p, a = lab.params
         head = self.state.listeners[PARAMS.addr(a)].queue[0]
         out = self.workers[p].call("accept", addr=address(self.tag, a))
         assert out.get("transport") == "ring" and spec_id(out["cid"]) == head, (
             f"{p} accept on {a}: {out}, expected connection {head}")
         self.take(lab)
-        self.settle()
 
-    @rule(data=st.data())
-    def close(self, data) -> None:
+    def do_close(self, lab: M.Label) -> None:
         """Connect!Close of one end."""
-        labels = self.enabled("Close")
-        if not labels:
-            return
-        lab = data.draw(st.sampled_from(labels))
         p, c, end = lab.params
         w = self.workers[p]
         assert w.call("close", cid=self.cids[c], end=end).get("ok")
         assert w.call("sync").get("ok")   # the CLOSE is read before the PING's reply
         self.take(lab)
-        self.settle()
 
-    @rule(data=st.data())
-    def die(self, data) -> None:
+    def do_die(self, lab: M.Label) -> None:
         """Connect!Die (kill -9), then Connect!Cleanup once the monitor has noticed."""
-        labels = self.enabled("Die")
-        if len(labels) <= 1:
-            return  # keep one process alive: a machine of corpses checks nothing
-        lab = data.draw(st.sampled_from(labels))
         (p,) = lab.params
         self.workers[p].kill()
         self.replies[p] = M.NO_REPLY
         self.take(lab)
         self.take(M.Label("Cleanup", (p,)))
-        self.settle()
 
-    @rule(data=st.data())
-    def reload(self, data) -> None:
+    def do_reload(self, lab: M.Label) -> None:
         """Connect!Reload: new rules for new requests."""
-        labels = self.enabled("Reload")
-        if not labels:
-            return
-        lab = data.draw(st.sampled_from(labels))
         self.config.write_text(acl_toml(frozenset(lab.params[0]), self.tag))
         self.mon.request(P.RELOAD)
         self.take(lab)
-        self.settle()
+
+    # HandleConnect and Cleanup follow Connect and Die at once (see do_connect, do_die);
+    # Done stutters.
+    _DO = {"Listen": "do_listen", "ListenDenied": "do_listen", "Unlisten": "do_unlisten",
+           "Connect": "do_connect", "Accept": "do_accept", "Close": "do_close",
+           "Die": "do_die", "Reload": "do_reload"}
 
     @invariant()
     def model_invariants(self) -> None:
@@ -313,12 +303,34 @@ class ConnectMachine(RuleBasedStateMachine):
 
 TestConnectMachine = ConnectMachine.TestCase
 TestConnectMachine.settings = settings(
-    max_examples=int(os.environ.get("CONNECT_MACHINE_EXAMPLES", "12")),
-    stateful_step_count=30, deadline=None,
+    max_examples=int(os.environ.get("CONNECT_MACHINE_EXAMPLES", "20")),
+    stateful_step_count=40, deadline=None,
     # Shrinking re-runs processes and a monitor per attempt: minutes. The
     # failing run's steps are printed in full anyway.
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+PLANTED = {
+    # bug in tests/planted_monitor.py -> the message the machine must fail with
+    "unlisten-forgets-queue": r"after (Unlisten|Die|Cleanup)",
+    "accepted-ignored": r"after Accept",
+    "no-backlog": r"after HandleConnect",
+}
+
+
+@pytest.mark.parametrize("bug", sorted(PLANTED))
+def test_the_machine_catches_a_planted_monitor_bug(bug: str) -> None:
+    """The check can fail: each planted bug makes the machine report a mismatch."""
+    class Planted(ConnectMachine):
+        MONITOR = ("tests.planted_monitor", bug)
+        RECORD = False
+
+    with pytest.raises(AssertionError, match=PLANTED[bug]):
+        run_state_machine_as_test(Planted, settings=settings(
+            max_examples=60, stateful_step_count=40, deadline=None,
+            phases=[Phase.generate], database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
 
 
 def _formula(name: str) -> str:

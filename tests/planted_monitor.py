@@ -1,0 +1,60 @@
+"""A monitor with one planted bug, for proving that the Connect machine catches it.
+
+``python -m tests.planted_monitor BUG [impl.monitor options]`` runs the real
+monitor (``impl.monitor.__main__.main``) with one method of
+:class:`impl.monitor.server.Monitor` wrapped so that it breaks the protocol
+the way the bug's name says.  Test-only: nothing in ``impl`` knows of it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from impl.monitor import __main__ as monitor_main
+from impl.monitor.server import Monitor
+
+
+def _patch(name: str, fn) -> None:
+    """Replace method *name*, also where the dispatch table holds the original."""
+    orig = getattr(Monitor, name)
+    setattr(Monitor, name, fn)
+    Monitor._HANDLERS = {op: (fn if h is orig else h) for op, h in Monitor._HANDLERS.items()}
+
+
+def _unlisten_forgets_queue() -> None:
+    """Connect!Unlisten without the reset: queued connections stay "queued" forever."""
+    orig = Monitor._unlisten
+
+    def _unlisten(self, key):
+        lst = self.listeners.get(key)
+        if lst is not None:
+            lst.queue.clear()
+        orig(self, key)
+    _patch("_unlisten", _unlisten)
+
+
+def _accepted_ignored() -> None:
+    """Connect!Accept not recorded: the server end stays "queued" after accept()."""
+    _patch("_on_accepted", lambda self, chan, msg: None)
+
+
+def _no_backlog() -> None:
+    """HandleConnect without the backlog check: queues grow past Backlog."""
+    orig = Monitor._on_connect
+
+    def _on_connect(self, chan, msg):
+        for lst in self.listeners.values():
+            lst.backlog = 1 << 30   # as if the check were gone
+        return orig(self, chan, msg)
+    _patch("_on_connect", _on_connect)
+
+
+BUGS = {
+    "unlisten-forgets-queue": _unlisten_forgets_queue,
+    "accepted-ignored": _accepted_ignored,
+    "no-backlog": _no_backlog,
+}
+
+if __name__ == "__main__":
+    BUGS[sys.argv[1]]()
+    sys.exit(monitor_main.main(sys.argv[2:]))
