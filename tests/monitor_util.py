@@ -17,11 +17,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from impl.monitor import client
 from impl.monitor import protocol as P
 from impl.monitor.paths import ENV_AUTOSTART, ENV_SOCKET
 
-__all__ = ["MonitorProc", "running_monitor", "use_monitor", "ROOT"]
+__all__ = ["MonitorProc", "running_monitor", "use_monitor", "ROOT", "open_fds", "no_fd_leaks"]
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Bound on every wait for a monitor to start or stop.
@@ -137,3 +139,20 @@ def isolate_environment() -> str:
     os.environ[ENV_SOCKET] = os.path.join(d, "monitor.sock")
     os.environ[ENV_AUTOSTART] = "0"
     return d
+
+
+def open_fds() -> set[str]:
+    """This process's descriptors, less the library's control channel (opened once, kept)."""
+    fds = set(os.listdir("/proc/self/fd"))
+    chan = client.current()
+    if chan is not None and chan.sock.fileno() >= 0:
+        fds.discard(str(chan.sock.fileno()))
+    return fds
+
+
+@pytest.fixture
+def no_fd_leaks():
+    """Fail the test if it leaves descriptors open (import it, with autouse, where wanted)."""
+    before = open_fds()
+    yield
+    assert open_fds() == before, "file descriptors leaked"

@@ -20,28 +20,16 @@ import pytest
 
 import impl
 import impl.selectors
-from impl.monitor import client
 from impl.selectors import RingSelector
+from tests.monitor_util import no_fd_leaks  # noqa: F401 - a fixture
 
 WAIT = 60.0   # bound on any test's coroutine; only a hang reaches it
 
 LOOPS = {"stock": asyncio.new_event_loop, "ring": impl.selectors.new_event_loop}
 
 
-def open_fds() -> set[str]:
-    """This process's descriptors, less the library's control channel (opened once, kept)."""
-    fds = set(os.listdir("/proc/self/fd"))
-    chan = client.current()
-    if chan is not None and chan.sock.fileno() >= 0:
-        fds.discard(str(chan.sock.fileno()))
-    return fds
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leaks():
-    before = open_fds()
-    yield
-    assert open_fds() == before, "file descriptors leaked"
+# Every test here must close what it opens.
+pytestmark = pytest.mark.usefixtures("no_fd_leaks")
 
 
 @pytest.fixture(params=sorted(LOOPS))

@@ -8,22 +8,20 @@ parent's descriptor table must be the same after the test as before.
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import random
-import select
-import signal
 import socket
 import subprocess
 import sys
 import time
-import traceback
 import zlib
 
 import pytest
 
 from impl.ring import Ring
 from tests.gates import BACKENDS
+from tests.proc_util import Child as _Child
 
 STREAM_BYTES = 256 << 20          # the issue asks for at least 256 MiB per run
 WAIT = 120.0                      # bound on any single wait; only a hang reaches it
@@ -52,58 +50,8 @@ def one_cpu() -> set[int]:
     return {min(os.sched_getaffinity(0))}
 
 
-class Child:
-    """A forked child running fn(); its return value comes back as JSON through a pipe."""
-
-    def __init__(self, fn) -> None:
-        rfd, wfd = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: never return into pytest
-            code = 1
-            try:
-                os.close(rfd)
-                result = {"ok": fn()}
-                code = 0
-            except BaseException:
-                result = {"error": traceback.format_exc()}
-            try:
-                os.write(wfd, json.dumps(result).encode())
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        self._rfd = rfd
-        self._pidfd = os.pidfd_open(self.pid)
-
-    def result(self, timeout: float = WAIT):
-        """Wait (bounded) for the child to exit; return what fn() returned."""
-        try:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            if not ready:
-                os.kill(self.pid, signal.SIGKILL)
-            _, status = os.waitpid(self.pid, 0)
-            out = b""
-            while chunk := os.read(self._rfd, 1 << 16):
-                out += chunk
-        finally:
-            os.close(self._pidfd)
-            os.close(self._rfd)
-        if not ready:
-            pytest.fail(f"child {self.pid} still running after {timeout} s: killed")
-        report = json.loads(out) if out else {}
-        assert "error" not in report, "child failed:\n" + report["error"]
-        assert os.waitstatus_to_exitcode(status) == 0, report
-        return report["ok"]
-
-    def kill(self) -> None:
-        """Kill and reap the child if the parent's side failed first."""
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            self.result(timeout=WAIT)
-        except BaseException:
-            pass
+# A forked child whose waits are bounded by WAIT.
+Child = functools.partial(_Child, wait=WAIT)
 
 
 def log_uniform(rng: random.Random, top: int) -> int:

@@ -23,7 +23,6 @@ import traceback
 import pytest
 
 import impl
-from impl.monitor import client
 from impl.ring import Ring, layout
 from impl.selectors import (
     EVENT_READ,
@@ -32,6 +31,7 @@ from impl.selectors import (
     RingSelector,
 )
 from tests.gates import BACKENDS
+from tests.monitor_util import no_fd_leaks  # noqa: F401 - a fixture
 
 RW = EVENT_READ | EVENT_WRITE
 WAIT = 30.0   # bound on any wait; only a hang reaches it
@@ -39,20 +39,8 @@ _READER_SLEEPING = layout.word(layout.OFF_READER_SLEEPING)
 _WRITER_SLEEPING = layout.word(layout.OFF_WRITER_SLEEPING)
 
 
-def open_fds() -> set[str]:
-    """This process's descriptors, less the library's control channel (opened once, kept)."""
-    fds = set(os.listdir("/proc/self/fd"))
-    chan = client.current()
-    if chan is not None and chan.sock.fileno() >= 0:
-        fds.discard(str(chan.sock.fileno()))
-    return fds
-
-
-@pytest.fixture(autouse=True)
-def no_fd_leaks():
-    before = open_fds()
-    yield
-    assert open_fds() == before, "file descriptors leaked"
+# Every test here must close what it opens.
+pytestmark = pytest.mark.usefixtures("no_fd_leaks")
 
 
 @pytest.fixture
