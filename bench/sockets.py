@@ -46,7 +46,6 @@ from bench.transports import Channel, Endpoint, Transport
 __all__ = [
     "ASYNCIO_RING_SELECTOR",
     "SOCKET_KEY",
-    "SETUP_KINDS",
     "AsyncioVariant",
     "MonitorHandle",
     "MonitorUnavailable",
@@ -65,8 +64,6 @@ __all__ = [
 SOCKET_KEY = "socket"
 #: The key of the asyncio variant that the asyncio goal is judged on.
 ASYNCIO_RING_SELECTOR = "asyncio-ring-selector"
-#: Connection kinds of the set-up benchmark: ours, then the kernel's.
-SETUP_KINDS = ("ring", "tcp", "unix")
 
 # Bound on waits outside the measured loops: the monitor starting, the peer
 # reporting its address, an accept of a peer that should be connecting now.
