@@ -18,7 +18,8 @@ from __future__ import annotations
 import pytest
 
 from spec import tlc
-from spec.configs import CONFIGS, CheckedConfig, by_name, outcome
+from spec.configs import CONFIGS, CheckedConfig, by_name
+from tests import tlc_checks
 from tests.gates import needs_tlc
 
 pytestmark = needs_tlc
@@ -33,14 +34,11 @@ STUTTERING = {"ListenDenied", "Done"}
 
 CONNECT = [c for c in CONFIGS if c.module == "MCConnect"]
 QUICK = [c for c in CONNECT if c.in_make_test]
-_results: dict[str, tlc.TLCResult] = {}
 
 
 def result_of(cfg: CheckedConfig) -> tlc.TLCResult:
-    """Run *cfg* once (with coverage) and remember the result for the session."""
-    if cfg.name not in _results:
-        _results[cfg.name] = cfg.run(coverage=True, timeout=TIMEOUT)
-    return _results[cfg.name]
+    """Run *cfg* once per session (shared with every test of every spec)."""
+    return tlc_checks.result_of(cfg, TIMEOUT)
 
 
 def test_registry_has_the_connect_configs() -> None:
@@ -60,29 +58,12 @@ def test_registry_has_the_connect_configs() -> None:
 
 @pytest.mark.parametrize("cfg", QUICK, ids=[c.name for c in QUICK])
 def test_quick_config_meets_its_expectation(cfg: CheckedConfig) -> None:
-    r = result_of(cfg)
-    as_expected, verdict = outcome(cfg, r)
-    assert as_expected, f"{verdict}\n{r.report()}"
-    if cfg.expect == "ok":
-        assert r.exit_code == 0 and r.counterexample == []
-        assert r.distinct_states is not None and r.distinct_states > 0
-    else:
-        assert r.counterexample, r.report()
+    tlc_checks.assert_meets_expectation(cfg, result_of(cfg))
 
 
 def test_small_config_fires_every_action() -> None:
     r = result_of(by_name("MCConnectSmall"))
-    assert r.ok, r.report()
-    missing = [a for a in ACTIONS if a not in r.coverage]
-    assert not missing, f"no coverage reported for {missing}: {r.coverage}"
-    for action in ACTIONS:
-        distinct, generated = r.coverage[action]
-        if action in STUTTERING:
-            assert generated > 0, f"{action} never enabled: {r.coverage}"
-        else:
-            assert distinct > 0, f"{action} never found a new state: {r.coverage}"
-    # Every distinct state was found by the initial predicate or one action.
-    assert sum(d for d, _ in r.coverage.values()) == r.distinct_states
+    tlc_checks.assert_every_action_fires(r, ACTIONS, STUTTERING)
 
 
 def _queued_nowhere(state: dict) -> list[int]:

@@ -8,6 +8,7 @@ blocks, so a bug fails a test instead of hanging it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -205,7 +206,13 @@ def test_multiprocessing_fork_child_talks_over_rings():
 
 
 # -- peers that die -------------------------------------------------------------------------------
-def test_peer_killed_mid_transfer_reader_sees_eof_or_reset():
+@contextlib.contextmanager
+def doomed_peer(then):
+    """A forked child connected to us over rings, doing ``then(sock)`` until killed.
+
+    Yields (our accepted ring socket, the Child); the child is killed and
+    everything closed afterwards, whatever the test did.
+    """
     srv = impl.create_server(("127.0.0.1", 0))
     addr = srv.getsockname()
     r, w = child_pipe()
@@ -214,8 +221,8 @@ def test_peer_killed_mid_transfer_reader_sees_eof_or_reset():
         os.close(r)
         c = impl.create_connection(addr, timeout=WAIT)
         os.write(w, c.transport.encode())
-        stream(c, 1 << 40, 5)      # until killed
-        return None
+        then(c)
+        c.close()
 
     c = Child(child)
     os.close(w)
@@ -223,6 +230,18 @@ def test_peer_killed_mid_transfer_reader_sees_eof_or_reset():
         assert wait_line(r) == b"ring"
         srv.settimeout(WAIT)
         conn, _ = srv.accept()
+        assert conn.transport == "ring"
+        with conn:
+            yield conn, c
+    finally:
+        os.close(r)
+        if not c.done:
+            c.kill()
+        srv.close()
+
+
+def test_peer_killed_mid_transfer_reader_sees_eof_or_reset():
+    with doomed_peer(lambda c: stream(c, 1 << 40, 5)) as (conn, c):   # streams until killed
         conn.settimeout(WAIT)
         assert len(conn.recv(1 << 16, stdsocket.MSG_WAITALL)) == 1 << 16   # mid-transfer
         c.kill()
@@ -234,33 +253,11 @@ def test_peer_killed_mid_transfer_reader_sees_eof_or_reset():
             except ConnectionResetError:
                 ended = "reset"
         assert ended in ("eof", "reset")     # never TimeoutError: that would be a hang
-        conn.close()
-    finally:
-        os.close(r)
-        if not c.done:
-            c.kill()
-        srv.close()
 
 
 def test_peer_killed_while_we_wait_for_space_gives_epipe():
-    srv = impl.create_server(("127.0.0.1", 0))
-    addr = srv.getsockname()
-    r, w = child_pipe()
-
-    def child():
-        os.close(r)
-        c = impl.create_connection(addr, timeout=WAIT)
-        os.write(w, b"connected")
-        select.select([], [], [], WAIT)   # never reads; waits to be killed
-        c.close()
-
-    c = Child(child)
-    os.close(w)
-    try:
-        assert wait_line(r) == b"connected"
-        srv.settimeout(WAIT)
-        conn, _ = srv.accept()
-        assert conn.transport == "ring"
+    # The child never reads; it waits to be killed.
+    with doomed_peer(lambda c: select.select([], [], [], WAIT)) as (conn, c):
         conn.setblocking(False)
         with pytest.raises(BlockingIOError):
             while True:
@@ -281,12 +278,6 @@ def test_peer_killed_while_we_wait_for_space_gives_epipe():
         t.join(WAIT)
         assert not t.is_alive()
         assert outcome.get("error") in (BrokenPipeError, ConnectionResetError), outcome
-        conn.close()
-    finally:
-        os.close(r)
-        if not c.done:
-            c.kill()
-        srv.close()
 
 
 def test_listener_closing_resets_queued_ring_connections():
