@@ -12,13 +12,13 @@ fail: nothing can hang.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import select
 import selectors
 import socket
 import threading
 import time
-import traceback
 
 import pytest
 
@@ -32,6 +32,7 @@ from impl.selectors import (
 )
 from tests.gates import BACKENDS
 from tests.monitor_util import no_fd_leaks  # noqa: F401 - a fixture
+from tests.proc_util import Child as _Child
 
 RW = EVENT_READ | EVENT_WRITE
 WAIT = 30.0   # bound on any wait; only a hang reaches it
@@ -96,39 +97,8 @@ def wait_flag(sock, word: int, ring: str) -> bool:
     return True
 
 
-class Child:
-    """A forked child running fn(); its exception (if any) comes back through a pipe."""
-
-    def __init__(self, fn) -> None:
-        rfd, wfd = os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:  # never return into pytest
-            code = 1
-            try:
-                os.close(rfd)
-                fn()
-                code = 0
-            except BaseException:
-                os.write(wfd, traceback.format_exc().encode())
-            finally:
-                os._exit(code)
-        os.close(wfd)
-        self._rfd = rfd
-        self._pidfd = os.pidfd_open(self.pid)
-
-    def join(self, timeout: float = WAIT) -> None:
-        """Wait (bounded) for the child; raise with its traceback if it failed."""
-        try:
-            if not select.select([self._pidfd], [], [], timeout)[0]:
-                os.kill(self.pid, 9)
-            _, status = os.waitpid(self.pid, 0)
-            err = b""
-            while chunk := os.read(self._rfd, 65536):
-                err += chunk
-        finally:
-            os.close(self._rfd)
-            os.close(self._pidfd)
-        assert os.waitstatus_to_exitcode(status) == 0, err.decode() or f"status {status}"
+# A forked child whose waits are bounded by WAIT.
+Child = functools.partial(_Child, wait=WAIT)
 
 
 # -- the BaseSelector contract ---------------------------------------------------------
@@ -405,7 +375,7 @@ def test_blocks_until_peer_process_writes(sel, pair, timeout):
 
     kid = Child(child)
     result = sel.select(timeout)
-    kid.join()
+    kid.result()
     assert events_of(result) == {"b": EVENT_READ}
     assert waits and waits[0] != 0, "select() never slept in epoll"
     assert len(waits) <= 2, f"{len(waits)} epoll waits for one wake-up"
@@ -584,7 +554,7 @@ def test_full_writer_woken_when_reader_drains_in_another_process(sel, pair):
 
     kid = Child(child)
     result = sel.select(None)
-    kid.join()
+    kid.result()
     assert events_of(result) == {"a": EVENT_WRITE}
     # One sleep, one wake-up: a selector that spun on an always-writable
     # descriptor would have polled over and over.
