@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 from impl.monitor import client
 from impl.monitor import protocol as P
-from impl.monitor.paths import default_socket_path
+from impl.monitor.paths import default_socket_path, flock_by
 
 __all__ = ["main", "format_status", "format_stats", "COUNTER_LABELS"]
 
@@ -158,14 +158,7 @@ def _wait_gone(path: str, deadline: float) -> bool:
     except FileNotFoundError:
         return True
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                return True
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)   # the lock has no wait with a timeout of its own
+        return flock_by(fd, fcntl.LOCK_SH, deadline)
     finally:
         os.close(fd)
 

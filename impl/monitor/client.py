@@ -36,7 +36,7 @@ import time
 from typing import Any
 
 from impl.monitor import protocol as P
-from impl.monitor.paths import ENV_AUTOSTART, default_socket_path, ensure_private_dir
+from impl.monitor.paths import ENV_AUTOSTART, default_socket_path, ensure_private_dir, flock_by
 
 __all__ = ["ControlChannel", "channel", "current", "request", "open_listener_channel",
            "reset", "start_monitor", "recv_msg", "MonitorUnavailable",
@@ -236,7 +236,9 @@ def _start_and_connect(path: str) -> ControlChannel:
     ensure_private_dir(os.path.dirname(os.path.abspath(path)))
     fd = os.open(path + ".start", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        _lock_file(fd, time.monotonic() + START_TIMEOUT, path)
+        if not flock_by(fd, fcntl.LOCK_EX, time.monotonic() + START_TIMEOUT):
+            raise MonitorUnavailable(errno.ETIMEDOUT, "another process has been starting "
+                                     f"a monitor on {path} for {START_TIMEOUT} s")
         try:
             return ControlChannel.connect(path)
         except (FileNotFoundError, ConnectionRefusedError):
@@ -245,20 +247,6 @@ def _start_and_connect(path: str) -> ControlChannel:
         return ControlChannel.connect(path)
     finally:
         os.close(fd)   # releases the lock
-
-
-def _lock_file(fd: int, deadline: float, path: str) -> None:
-    # flock() has no timeout of its own; the holder is starting a monitor,
-    # which takes well under a second, so a short poll costs nothing.
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise MonitorUnavailable(errno.ETIMEDOUT, "another process has been starting "
-                                         f"a monitor on {path} for {START_TIMEOUT} s") from None
-            time.sleep(0.005)
 
 
 def start_monitor(path: str, *, config: str | None = None) -> None:

@@ -12,10 +12,13 @@ other users from connecting (and the monitor checks SO_PEERCRED as well).
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
+import time
 
-__all__ = ["ENV_SOCKET", "ENV_AUTOSTART", "default_socket_path", "ensure_private_dir"]
+__all__ = ["ENV_SOCKET", "ENV_AUTOSTART", "default_socket_path", "ensure_private_dir",
+           "flock_by"]
 
 #: Environment variable: the monitor socket's path (overrides the default).
 ENV_SOCKET = "SOCKSDIRECT_MONITOR"
@@ -61,3 +64,20 @@ def ensure_private_dir(path: str) -> str:
         raise PermissionError(f"{path} has mode {stat.S_IMODE(st.st_mode):o}; it must be "
                               "0700 (run: chmod 700 " + path + ")")
     return path
+
+
+def flock_by(fd: int, operation: int, deadline: float) -> bool:
+    """Take ``flock(fd, operation)`` (LOCK_EX or LOCK_SH) by *deadline* (monotonic).
+
+    Returns False if the deadline passes first.  flock() has no timeout of
+    its own, and the locks here are held briefly (a monitor starting) or until
+    a process exits (a monitor stopping), so a short poll is enough.
+    """
+    while True:
+        try:
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)

@@ -964,7 +964,7 @@ class Monitor:
 
     # -- operator ------------------------------------------------------------------
     def reload(self, strict: bool = False) -> None:
-        """Re-read the ACL file; new rules apply to new requests only.
+        """Connect.tla!Reload: re-read the ACL file; new rules apply to new requests only.
 
         On a bad file the old rules stay (and *strict* re-raises the error).
         """
