@@ -277,6 +277,37 @@ class Ring:
         data = bytes(self._mem[layout.DATA_OFF:layout.DATA_OFF + self.capacity])
         return RingSnapshot(head, tail, data)
 
+    _TOKEN_OFF = {"writer": layout.OFF_WTOKEN, "reader": layout.OFF_RTOKEN}
+
+    def _token_index(self, side: str) -> int:
+        try:
+            return _W(self._TOKEN_OFF[side])
+        except KeyError:
+            raise ValueError(f"side must be 'writer' or 'reader', got {side!r}") from None
+
+    def token_word(self, side: str) -> int:
+        """The token word of *side* ("writer" or "reader"): owner_tid << 2 | WANT | BUSY."""
+        self._check_open()
+        return self._q[self._token_index(side)]
+
+    def set_token_word(self, side: str, value: int) -> None:
+        """Store the token word of *side*, fenced (the monitor's TokenSharing!Reclaim).
+
+        Only for a party that knows no thread can be using the token: the
+        monitor after the holder died, or the creator before handing the
+        ring out.
+        """
+        self._check_open()
+        i = self._token_index(side)
+        if not 0 <= value < 1 << 64:
+            raise ValueError(f"a token word is an unsigned 64-bit value, got {value!r}")
+        if self._cbuf is not None:  # a seq_cst store, as for the close flags
+            view = _cring.ffi.new("struct sd_ring *",
+                                  {"base": self._cbuf, "capacity": self.capacity})
+            _cring.lib.sd_ring_store(view, i * 8, value)
+        else:
+            self._q[i] = value
+
     # -- closing -----------------------------------------------------------------
     @property
     def closed(self) -> bool:

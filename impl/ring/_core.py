@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # Flags for _op (the same values as SD_PEEK / SD_ARM in ring.h).
 PEEK = 1   # read: copy out without consuming
 ARM = 2    # publish the sleeping flag (and re-check) if nothing can be done
+NOTOK = 4  # leave the token alone: a readiness probe, not an operation
+WAITALL = 8  # read: the operation (and its token) lasts until the buffer is full
 
 # Result encoding (see ring.h): writes return n << 1 | wake, reads
 # n << 2 | eof << 1 | wake; errors are odd negative numbers, so that one
@@ -37,6 +39,7 @@ ERR_MAGIC = -5
 ERR_CAPACITY = -7
 ERR_HEAD_AHEAD = -9
 ERR_TAIL_BEYOND = -11
+ERR_TOKEN = -15    # this thread does not hold the endpoint's token (impl/token takes over)
 
 #: Default spin budget in nanoseconds before a waiter starts yielding.  A
 #: round trip through the C path takes 3-4 us here, so a peer that answers at
@@ -124,6 +127,13 @@ def check_timeout(timeout: float | None) -> None:
 class _Endpoint:
     """Shared machinery of RingWriter and RingReader."""
 
+    #: The impl.token.Token that guards this endpoint (a socket's; the C
+    #: backend only), or None: a bare ring checks no token.
+    token = None
+    #: True while an enclosing frame (Token.hold) keeps the token BUSY over
+    #: several operations and will end it itself.
+    _outer = False
+
     _kind = "ring endpoint"
     _my_flag = 0        # header word of this side's sleeping flag
     _closed_flag = 0    # header word this side sets on close
@@ -160,6 +170,17 @@ class _Endpoint:
         self._closed = True
         self._q = None
 
+    def _tok_exit(self) -> None:
+        """TokenSharing!Exit for an operation that took more than one call.
+
+        The C call that entered leaves by itself when it completes the
+        operation; one that could not (a wait, a partial write, a timeout)
+        leaves the token BUSY for the loop around it, which ends here --
+        unless an enclosing Token.hold() spans several operations.
+        """
+        if self.token is not None and not self._outer:
+            self.token.exit()
+
     # -- shared logic -------------------------------------------------------
     def _words(self):
         q = self._q
@@ -185,6 +206,11 @@ class _Endpoint:
         """Map a negative result code to the exception to raise."""
         if r == ERR_CLOSED:
             return closed_error(self._kind)
+        if r == ERR_TOKEN:
+            # Only a continuation gets here (a first call takes the slow
+            # path): something took the token from under a running operation.
+            return OSError(errno.EBADFD, f"the {self._kind}'s token was taken away during "
+                           "an operation")
         if r == ERR_PIPE:
             return BrokenPipeError(errno.EPIPE, "the ring's reader has closed")
         if r == ERR_MAGIC or r == ERR_CAPACITY:
@@ -363,13 +389,16 @@ class RingWriter(_Endpoint):
         """The send_all loop from offset *off* on (the deadline starts now)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         op = self._op
-        while True:
-            r = op(src, off, total - off, 0, 0)  # RingCredit!Write
-            if r == 0 and off < total:
-                r = self._block(src, off, total - off, deadline)
-            off += self._finish(r) if r & 1 else r >> 1
-            if off >= total:
-                return
+        try:
+            while True:
+                r = op(src, off, total - off, 0, 0)  # RingCredit!Write
+                if r == 0 and off < total:
+                    r = self._block(src, off, total - off, deadline)
+                off += self._finish(r) if r & 1 else r >> 1
+                if off >= total:
+                    return
+        finally:
+            self._tok_exit()
 
     def close(self) -> None:
         """Half-close: the reader gets EOF once it has read all that was written.
@@ -463,24 +492,48 @@ class RingReader(_Endpoint):
             return self._finish(r)
         return r >> 2
 
-    def recv_into(self, buf, timeout: float | None = None, *, peek: bool = False) -> int:
+    def recv_into(self, buf, timeout: float | None = None, *, peek: bool = False,
+                  waitall: bool = False) -> int:
         """Wait until at least one byte is available, then read like read_into.
 
         Returns 0 only at EOF (the writer closed and everything was read) or
         for an empty *buf*.  Raises TimeoutError after *timeout* seconds.
-        With *peek* the bytes stay in the ring.
+        With *peek* the bytes stay in the ring.  With *waitall*, go on until
+        *buf* is full, EOF, or the timeout (then return what was read, as
+        recv(MSG_WAITALL) does); a guarded endpoint keeps its token for the
+        whole call, so no other reader's bytes land inside it.
         """
         check_timeout(timeout)
         dst, n = self._target(buf)
         spin = self._first_spin(timeout)
-        flags = PEEK if peek else 0
-        r = self._op(dst, 0, n, flags, spin)  # RingCredit!Recv; spins in the same call
-        if r == 0 and n:
-            r = self._block(dst, 0, n, None if timeout is None else time.monotonic() + timeout,
-                            spun=spin > 0, flags=flags)
-        if r & 1:
-            return self._finish(r)
-        return r >> 2
+        flags = (PEEK if peek else 0) | (WAITALL if waitall else 0)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            r = self._op(dst, 0, n, flags, spin)  # RingCredit!Recv; spins in the same call
+            if r == 0 and n:
+                r = self._block(dst, 0, n, deadline, spun=spin > 0, flags=flags)
+            got = self._finish(r) if r & 1 else r >> 2
+            if waitall and not peek and 0 < got < n:
+                got = self._read_rest(dst, got, n, deadline, flags)
+            return got
+        finally:
+            self._tok_exit()
+
+    def _read_rest(self, dst, got: int, n: int, deadline: float | None, flags: int) -> int:
+        """The rest of a waitall read, from *got* on: continuations of one operation."""
+        op = self._op
+        while got < n:
+            r = op(dst, got, n - got, flags, 0)  # RingCredit!Recv
+            if r == 0:
+                try:
+                    r = self._block(dst, got, n - got, deadline, flags=flags)
+                except TimeoutError:
+                    break           # what came so far, as recv(MSG_WAITALL) on a timeout
+            k = self._finish(r) if r & 1 else r >> 2
+            if k == 0:
+                break               # EOF
+            got += k
+        return got
 
     def read(self, n: int) -> bytes:
         """Return up to *n* available bytes without blocking (b"" if none)."""
@@ -536,7 +589,7 @@ class RingReader(_Endpoint):
             os.eventfd_read(self._wait_efd)  # RingWakeup!Wake
         except BlockingIOError:
             pass
-        r = self._op(self._one, 0, 1, ARM | PEEK, 0)  # RingWakeup!Arm .. RecheckTail
+        r = self._op(self._one, 0, 1, ARM | PEEK | NOTOK, 0)  # RingWakeup!Arm .. RecheckTail
         if r:
             # Data or EOF came in between: the flag was withdrawn, so nobody
             # else will set the eventfd.  Set it ourselves.

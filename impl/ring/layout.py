@@ -16,6 +16,10 @@ access.  Nothing else in the package hard-codes an offset.
           256  +-----------------------------------------------+
                | head | reader_sleeping | closed_rd            |  written by the reader
           384  +-----------------------------------------------+
+               | wtoken: the writer side's token word          |  the writing end's send token
+          512  +-----------------------------------------------+
+               | rtoken: the reader side's token word          |  the reading end's recv token
+          640  +-----------------------------------------------+
                | (unused)                                      |
          2048  +-----------------------------------------------+
                | payload: capacity bytes; stream position p    |
@@ -26,6 +30,11 @@ Each side writes only its own line, so the only cache-line transfers are the
 ones the protocol needs (the peer reading a position or a flag).  The lines
 are 128 bytes apart rather than 64 because x86 cores prefetch cache lines in
 adjacent pairs; one pair per writer keeps false sharing away.
+
+A token word (``spec/tla/TokenSharing.tla``, ``impl/token``) says which
+thread may use that side of the ring: ``owner_tid << 2 | WANT << 1 | BUSY``.
+It has lines of its own because threads of other processes CAS it when they
+take the token over, and that traffic must not slow the positions down.
 
 Positions (``head``, ``tail``) are stream offsets that only grow, as in
 ``spec/tla/RingCredit.tla``; ``tail - head`` is the number of unread bytes
@@ -39,6 +48,7 @@ __all__ = [
     "OFF_MAGIC", "OFF_VERSION", "OFF_CAPACITY", "OFF_DATA_OFF",
     "OFF_TAIL", "OFF_WRITER_SLEEPING", "OFF_CLOSED_WR", "OFF_WRITER_CPU",
     "OFF_HEAD", "OFF_READER_SLEEPING", "OFF_CLOSED_RD", "OFF_READER_CPU",
+    "OFF_WTOKEN", "OFF_RTOKEN", "TOKEN_BUSY", "TOKEN_WANT", "TOKEN_SHIFT",
     "HEADER_SIZE", "DATA_OFF", "FIELDS",
     "check_capacity", "map_size", "word",
 ]
@@ -46,7 +56,7 @@ __all__ = [
 #: "sdring\\0\\1" read as a little-endian word: marks a mapping as a ring.
 MAGIC = int.from_bytes(b"sdring\x00\x01", "little")
 #: Bumped on any change to this file's offsets or the meaning of a field.
-VERSION = 2
+VERSION = 3
 
 # Capacity bounds.  One byte is allowed on purpose: the spec's model checks
 # use rings of 4 to 8 bytes and the implementation must run those too.  The
@@ -72,7 +82,16 @@ OFF_READER_SLEEPING = 264   # 1: the reader waits on data_efd for data
 OFF_CLOSED_RD = 272         # 1: the reader closed; writes fail with EPIPE
 OFF_READER_CPU = 280        # 1 + the one CPU the reader may run on; 0: not pinned to one
 
-HEADER_SIZE = 384
+# The token words: each on a line pair of its own.
+OFF_WTOKEN = 384            # the token of the side that writes this ring (its end's send token)
+OFF_RTOKEN = 512            # the token of the side that reads this ring (its end's recv token)
+
+# Token word bits: owner_tid << TOKEN_SHIFT | WANT | BUSY; owner 0 = no thread.
+TOKEN_BUSY = 1              # the owner is inside an operation
+TOKEN_WANT = 2              # a thread waits for the token: hand it over at exit
+TOKEN_SHIFT = 2
+
+HEADER_SIZE = 640
 
 # The payload starts half a page into the mapping.  glibc's memcpy on the
 # AMD machines this runs on slows down 5-10x when the destination lies 16
@@ -94,6 +113,7 @@ FIELDS = {
     "writer_cpu": OFF_WRITER_CPU,
     "head": OFF_HEAD, "reader_sleeping": OFF_READER_SLEEPING, "closed_rd": OFF_CLOSED_RD,
     "reader_cpu": OFF_READER_CPU,
+    "wtoken": OFF_WTOKEN, "rtoken": OFF_RTOKEN,
 }
 
 assert HEADER_SIZE <= DATA_OFF and DATA_OFF % 64 == 0

@@ -46,6 +46,20 @@
  *   < 0:    an odd SD_ERR_* code.  Errors are odd so that Python tests a
  *           single bit ("r & 1") to leave the fast path for both a wake-up
  *           and an error.
+ *
+ * Tokens (TokenSharing.tla; only for an endpoint whose tok_off is set, i.e.
+ * a socket's): the token word at tok_off is owner_tid << 2 | WANT | BUSY.
+ *   A call whose thread owns the token and finds it idle with nobody
+ *   waiting takes BUSY with one CAS (TokenSharing!Enter) -- no lock, no
+ *   system call.  A call that finds it BUSY by its own thread is the
+ *   continuation of an operation and goes on.  Anything else returns
+ *   SD_ERR_TOKEN and the library takes the slow path (impl/token).
+ *   A call that entered leaves (TokenSharing!Exit: clear BUSY) when the
+ *   operation is complete: a write that wrote all of len, a read that read
+ *   something or saw EOF, any error; an incomplete one keeps BUSY and the
+ *   library's loop ends it with sd_token_exit.  If a waiter had set WANT,
+ *   the result gets its odd bit and sd_token_pending() (per thread) says
+ *   why, so the library wakes the waiter.
  * Header faults are checked on every call (a few loads of lines that sit
  * in the cache anyway; no system call).  The capacity used for every index
  * is the caller's trusted copy, validated against the mapping size at
@@ -58,6 +72,8 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/syscall.h>
 
 #if !defined(SD_OFF_TAIL) || !defined(SD_DATA_OFF) || !defined(SD_MAGIC)
 #error "compile ring.h through impl/ring/_build.py: it passes the layout as SD_* macros"
@@ -65,6 +81,17 @@
 
 #define SD_PEEK 1           /* read: copy out without consuming */
 #define SD_ARM  2           /* publish the sleeping flag if nothing can be done */
+#define SD_NOTOK 4          /* leave the token alone (a readiness probe, not an operation) */
+#define SD_WAITALL 8        /* read: the operation is complete only when len bytes are read */
+
+/* The token word; SD_TOKEN_BUSY etc. also come from layout.py. */
+#define SD_TOK_BUSY 1ULL
+#define SD_TOK_WANT 2ULL
+#define SD_TOK_SHIFT 2
+
+/* sd_token_pending() after a result that got the odd bit for the token's sake */
+#define SD_PEND_WAKE 1      /* the peer must be woken too (the usual odd bit) */
+#define SD_PEND_WANTED 2    /* a waiter wants the token: wake it */
 
 #define SD_ERR_CLOSED      (-1)   /* this endpoint was closed locally */
 #define SD_ERR_PIPE        (-3)   /* the reader closed: writing is pointless */
@@ -73,17 +100,27 @@
 #define SD_ERR_HEAD_AHEAD  (-9)   /* head > tail */
 #define SD_ERR_TAIL_BEYOND (-11)  /* tail > head + capacity */
 #define SD_ERR_ARG         (-13)  /* sd_ring_store: not a flag's offset */
+#define SD_ERR_TOKEN       (-15)  /* this thread does not hold the endpoint's token */
 
 /* BEGIN CDEF - declarations that _build.py hands to cffi's cdef() */
 struct sd_ring {
     char *base;          /* the mapping; NULL once this endpoint is closed */
     uint64_t capacity;   /* trusted copy, validated against the mapping size */
+    uint64_t tok_off;    /* offset of this side's token word; 0: no token checks */
 };
 int64_t sd_ring_write(struct sd_ring *r, const char *src, uint64_t off, uint64_t len,
                       int flags, int64_t spin_ns);
 int64_t sd_ring_read(struct sd_ring *r, char *dst, uint64_t off, uint64_t len,
                      int flags, int64_t spin_ns);
 int sd_ring_store(struct sd_ring *r, uint64_t off, uint64_t value);
+uint64_t sd_token_self(void);
+uint64_t sd_token_load(struct sd_ring *r);
+int sd_token_cas(struct sd_ring *r, uint64_t expect, uint64_t desired);
+uint64_t sd_token_or(struct sd_ring *r, uint64_t bits);
+int sd_token_exit(struct sd_ring *r);
+int sd_token_pending(void);
+int sd_token_take(struct sd_ring *r, uint64_t extra, int64_t spin_ns);
+void sd_token_forget_self(void);
 /* END CDEF */
 
 #define SD_WORD(base, off) ((uint64_t *)((base) + (off)))
@@ -234,14 +271,192 @@ static void sd_spin(const char *b, uint64_t off, uint64_t seen, uint64_t closed_
     }
 }
 
+/* This thread's id, shifted into owner position; cached per thread.  A
+ * fork child's thread starts with its parent's copy of the cache: the
+ * library clears it (sd_token_forget_self) in its at-fork child hook. */
+static __thread uint64_t sd_me;
+/* SD_PEND_* of this thread's last call whose exit found WANT set. */
+static __thread int sd_pending;
+
+static inline uint64_t sd_self(void)
+{
+    if (sd_me == 0)
+        sd_me = (uint64_t)syscall(SYS_gettid) << SD_TOK_SHIFT;
+    return sd_me;
+}
+
+uint64_t sd_token_self(void)
+{
+    return sd_self() >> SD_TOK_SHIFT;
+}
+
+void sd_token_forget_self(void)
+{
+    sd_me = 0;
+}
+
+/* TokenSharing!Enter, or the continuation of our own operation.
+ * Returns 1 if this call entered (it must leave), 0 if it continues one,
+ * SD_ERR_TOKEN if the token is not ours to use now. */
+static inline int64_t sd_tok_enter(uint64_t *w)
+{
+    uint64_t me = sd_self();
+    uint64_t cur = SD_LOAD(w, __ATOMIC_RELAXED);
+    if ((cur & ~SD_TOK_WANT) == (me | SD_TOK_BUSY))
+        return 0;
+    if (cur == me && __atomic_compare_exchange_n(w, &cur, me | SD_TOK_BUSY, 0,
+                                                 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+        return 1;
+    return SD_ERR_TOKEN;
+}
+
+/* TokenSharing!Exit: clear BUSY; returns whether a waiter set WANT. */
+static inline int sd_tok_leave(uint64_t *w)
+{
+    uint64_t old = __atomic_fetch_and(w, ~SD_TOK_BUSY, __ATOMIC_RELEASE);
+    return (old & SD_TOK_WANT) != 0;
+}
+
+/* Leave after an operation that entered, if it is complete; fold a waiter's
+ * WANT into the result (odd bit + sd_pending). */
+static inline int64_t sd_tok_finish(uint64_t *w, int64_t res, int complete)
+{
+    if (!complete || !sd_tok_leave(w))
+        return res;
+    sd_pending = SD_PEND_WANTED | (res >= 0 ? (int)(res & 1) : 0);
+    return res >= 0 ? (res | 1) : res;
+}
+
+/* What the last odd result of this thread owed to the token (and clear it). */
+int sd_token_pending(void)
+{
+    int p = sd_pending;
+    sd_pending = 0;
+    return p;
+}
+
+uint64_t sd_token_load(struct sd_ring *r)
+{
+    if (r->base == NULL || r->tok_off == 0)
+        return 0;
+    return SD_LOAD(SD_WORD(r->base, r->tok_off), __ATOMIC_ACQUIRE);
+}
+
+int sd_token_cas(struct sd_ring *r, uint64_t expect, uint64_t desired)
+{
+    if (r->base == NULL || r->tok_off == 0)
+        return SD_ERR_CLOSED;
+    return __atomic_compare_exchange_n(SD_WORD(r->base, r->tok_off), &expect, desired, 0,
+                                       __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+uint64_t sd_token_or(struct sd_ring *r, uint64_t bits)
+{
+    if (r->base == NULL || r->tok_off == 0)
+        return 0;
+    /* An explicit CAS loop: gcc 12 -O2 miscompiled __atomic_fetch_or here
+     * (the loop's cmpxchg addressed base + old value instead of base + off). */
+    uint64_t *w = SD_WORD(r->base, r->tok_off);
+    uint64_t old = SD_LOAD(w, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(w, &old, old | bits, 0, __ATOMIC_ACQ_REL,
+                                        __ATOMIC_RELAXED))
+        ;
+    return old;
+}
+
+/* TokenSharing!Take for the first waiter of a process that holds the token:
+ * as soon as the word is not BUSY, CAS it to this thread | BUSY | extra
+ * (extra: WANT when others still wait).  Spins up to spin_ns (the GIL is
+ * released meanwhile, so the owner can finish); 1 if taken, 0 if not. */
+int sd_token_take(struct sd_ring *r, uint64_t extra, int64_t spin_ns)
+{
+    if (r->base == NULL || r->tok_off == 0)
+        return SD_ERR_CLOSED;
+    uint64_t *w = SD_WORD(r->base, r->tok_off);
+    uint64_t mine = sd_self() | SD_TOK_BUSY | (extra & SD_TOK_WANT);
+    int64_t deadline = 0;
+    for (unsigned i = 0;; i++) {
+        uint64_t cur = SD_LOAD(w, __ATOMIC_RELAXED);
+        if (!(cur & SD_TOK_BUSY)) {
+            if (__atomic_compare_exchange_n(w, &cur, mine, 0, __ATOMIC_ACQ_REL,
+                                            __ATOMIC_RELAXED))
+                return 1;
+            continue;
+        }
+        if (spin_ns <= 0)
+            return 0;
+        if (i == 0)
+            deadline = sd_now_ns() + spin_ns;
+        else if ((i & 63) == 0 && sd_now_ns() >= deadline)
+            return 0;
+        SD_RELAX();
+    }
+}
+
+/* End the calling thread's operation: 1 if a waiter wants the token, 0 if
+ * not, -1 if this thread was not BUSY with it (nothing changed). */
+int sd_token_exit(struct sd_ring *r)
+{
+    if (r->base == NULL || r->tok_off == 0)
+        return -1;
+    uint64_t *w = SD_WORD(r->base, r->tok_off);
+    uint64_t me = sd_self();
+    uint64_t cur = SD_LOAD(w, __ATOMIC_RELAXED);
+    if ((cur & ~SD_TOK_WANT) != (me | SD_TOK_BUSY))
+        return -1;
+    return sd_tok_leave(w);
+}
+
+static int64_t sd_write_op(struct sd_ring *r, const char *src, uint64_t len,
+                           int flags, int64_t spin_ns);
+static int64_t sd_read_op(struct sd_ring *r, char *dst, uint64_t len,
+                          int flags, int64_t spin_ns);
+
 int64_t sd_ring_write(struct sd_ring *r, const char *src, uint64_t off, uint64_t len,
                       int flags, int64_t spin_ns)
 {
     char *b = r->base;
     if (b == NULL)
         return SD_ERR_CLOSED;
-    uint64_t cap = r->capacity;
     src += off;
+    if (r->tok_off == 0 || (flags & SD_NOTOK))
+        return sd_write_op(r, src, len, flags, spin_ns);
+    uint64_t *w = SD_WORD(b, r->tok_off);
+    int64_t entered = sd_tok_enter(w);
+    if (entered < 0)
+        return entered;
+    int64_t res = sd_write_op(r, src, len, flags, spin_ns);
+    if (!entered)
+        return res;
+    return sd_tok_finish(w, res, res < 0 || (uint64_t)(res >> 1) == len);
+}
+
+int64_t sd_ring_read(struct sd_ring *r, char *dst, uint64_t off, uint64_t len,
+                     int flags, int64_t spin_ns)
+{
+    char *b = r->base;
+    if (b == NULL)
+        return SD_ERR_CLOSED;
+    dst += off;
+    if (r->tok_off == 0 || (flags & SD_NOTOK))
+        return sd_read_op(r, dst, len, flags, spin_ns);
+    uint64_t *w = SD_WORD(b, r->tok_off);
+    int64_t entered = sd_tok_enter(w);
+    if (entered < 0)
+        return entered;
+    int64_t res = sd_read_op(r, dst, len, flags, spin_ns);
+    if (!entered)
+        return res;
+    int complete = res < 0 || (res & 2) || len == 0
+                   || ((flags & SD_WAITALL) ? (uint64_t)(res >> 2) == len : res != 0);
+    return sd_tok_finish(w, res, complete);
+}
+
+static int64_t sd_write_op(struct sd_ring *r, const char *src, uint64_t len,
+                           int flags, int64_t spin_ns)
+{
+    char *b = r->base;
+    uint64_t cap = r->capacity;
     int64_t res = sd_try_write(b, cap, src, len);
     if (res != 0 || len == 0)
         return res;
@@ -263,15 +478,12 @@ int64_t sd_ring_write(struct sd_ring *r, const char *src, uint64_t off, uint64_t
     return res;
 }
 
-int64_t sd_ring_read(struct sd_ring *r, char *dst, uint64_t off, uint64_t len,
-                     int flags, int64_t spin_ns)
+static int64_t sd_read_op(struct sd_ring *r, char *dst, uint64_t len,
+                          int flags, int64_t spin_ns)
 {
     char *b = r->base;
-    if (b == NULL)
-        return SD_ERR_CLOSED;
     uint64_t cap = r->capacity;
     int peek = flags & SD_PEEK;
-    dst += off;
     int64_t res = sd_try_read(b, cap, dst, len, peek);
     if (res != 0 || len == 0)
         return res;
