@@ -2,7 +2,7 @@
 
 Commands::
 
-    status [--json]    listeners, connections, processes and counters
+    status [--json]    listeners, connections, tokens, processes and counters
     stats  [--json]    counters only
     reload             re-read the monitor's ACL file (a bad file keeps the old rules)
     stop               stop the monitor and wait until it has exited
@@ -46,6 +46,11 @@ COUNTER_LABELS = {
     "listens": "listeners registered",
     "listens_denied": "listens denied by the ACL",
     "deaths": "client processes exited",
+    "forks": "fork children holding ends (FORKED)",
+    "takes": "token requests (TAKE)",
+    "grants": "tokens granted",
+    "recalls": "tokens recalled from a holder",
+    "reclaims": "tokens reclaimed (holder died or closed)",
     "bytes": "bytes through rings",
     "protocol_errors": "malformed control messages",
     "channels_refused": "control channels refused",
@@ -194,6 +199,19 @@ def _addr(row: dict) -> str:
     return str(addr)
 
 
+def _holders(row: dict) -> str:
+    """A connection's holders when an end is shared: "client pids/server pids", else ""."""
+    holders = row.get("holders") or {}
+    ends = [holders.get(end, []) for end in ("client", "server")]
+    if all(len(pids) <= 1 for pids in ends):
+        return ""
+    return "/".join(",".join(map(str, pids)) or "-" for pids in ends)
+
+
+def _pids(pids: list) -> str:
+    return ",".join(map(str, pids)) or "-"
+
+
 def _uptime(seconds: float) -> str:
     seconds = int(seconds)
     days, rest = divmod(seconds, 86400)
@@ -218,7 +236,7 @@ def format_stats(counters: dict[str, int]) -> str:
 
 
 def format_status(status: dict[str, Any]) -> str:
-    """A STATUS reply as readable text: the monitor, its ACL, three tables, the counters."""
+    """A STATUS reply as readable text: the monitor, its ACL, four tables, the counters."""
     mon = status.get("monitor", {})
     acl = status.get("acl", {})
     counts = status.get("counts", {})
@@ -241,12 +259,21 @@ def format_status(status: dict[str, Any]) -> str:
     lines += _table("CONNECTIONS", status.get("connections", []),
                     [("ID", "id"), ("CLIENT", "client"), ("SERVER", "server"),
                      ("ADDRESS", _addr), ("CLIENT END", "client_side"),
-                     ("SERVER END", "server_side"), ("BYTES", "bytes")],
+                     ("SERVER END", "server_side"), ("BYTES", "bytes"),
+                     ("SHARED BY", _holders)],
                     counts.get("connections"))
+    lines.append("")
+    lines += _table("TOKENS", status.get("tokens", []),
+                    [("ID", "id"), ("END", "end"), ("DIR", "dir"),
+                     ("HOLDER", lambda t: "-" if t.get("holder") is None else t["holder"]),
+                     ("QUEUE", lambda t: _pids(t.get("queue", []))),
+                     ("RECALLED", lambda t: "yes" if t.get("recalled") else "no")],
+                    counts.get("tokens"))
     lines.append("")
     lines += _table("PROCESSES", status.get("processes", []),
                     [("PID", "pid"), ("UID", "uid"), ("CHANNELS", "channels"),
                      ("LISTENERS", "listeners"), ("CONNECTIONS", "connections"),
+                     ("AGENT", lambda p: "yes" if p.get("agent") else "no"),
                      ("PROGRAM", "program")],
                     counts.get("processes"))
     lines.append("")

@@ -55,6 +55,8 @@ from impl.localaddr import is_local_address
 from impl.monitor import client as _client
 from impl.monitor import protocol as P
 from impl.ring import Ring, RingFds
+from impl.token import Token
+from impl.token import agent as _agent
 
 __all__ = ["socket", "socketpair", "create_connection", "create_server", "fromfd",
            "transport_of", "socket_for_fd", "DEFAULT_BUF"]
@@ -199,6 +201,26 @@ class _RingConn:
             raise
         return cls(tx, rx, cid, family, local, peer, monitor)
 
+    def init_tokens(self, end: str | None = None) -> None:
+        """Give this end its send and receive tokens, owned by the calling thread.
+
+        *end* ("client" or "server") names it for the monitor; a socketpair()
+        end has no monitor and no name.  Only the C ring backend checks
+        tokens; the pure-Python one is for single-threaded ring tests.
+        """
+        if end is not None:
+            self.end = end
+        if not hasattr(self.writer, "enable_token"):
+            return
+        for direction, ep in (("send", self.writer), ("recv", self.reader)):
+            tok = Token(ep, None if self.cid is None else (self.cid, self.end, direction))
+            ep.enable_token(tok)
+            tok.claim()   # a fresh word is 0: its creator's thread is the first owner
+
+    def tokens(self) -> tuple[Token | None, Token | None]:
+        """(send token, receive token), or Nones without token checks."""
+        return self.writer.token, self.reader.token
+
     @property
     def ready_fd(self) -> int:
         """The eventfd that is readable when this end has something to read."""
@@ -225,6 +247,9 @@ class _RingConn:
         if self.refs > 0:
             return
         _live.discard(self)
+        for tok in self.tokens():
+            if tok is not None:
+                tok.close()
         if self._last_holder():
             # Connect.tla!Close: the peer sees EOF on what we wrote and EPIPE on writes.
             self.writer.close()
@@ -275,7 +300,29 @@ def _before_fork() -> None:
             conn.hold = os.pipe2(os.O_CLOEXEC)
 
 
-os.register_at_fork(before=_before_fork)
+def _monitor_ends() -> list[list]:
+    """[id, end] of every open end of this process that the monitor set up."""
+    return [[conn.cid, conn.end] for conn in list(_live)
+            if conn.cid is not None and conn.refs > 0]
+
+
+def _after_fork_in_parent() -> None:
+    # The child may ask for our tokens: the agent must be there to answer.
+    if _monitor_ends():
+        _agent.ensure()
+
+
+def _after_fork_in_child() -> None:
+    # The child holds every end too; the monitor must know before the
+    # parent can exit, or the ends would close under the child.  Its tokens
+    # stay with the parent until it asks (impl.token reset them already).
+    ends = _monitor_ends()
+    if ends:
+        _agent.register_child(os.getppid(), ends)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 def _af_name(family: int) -> str:
@@ -646,8 +693,10 @@ class socket(_stdsocket.socket):
             return None
         if local is None:
             local = super().getsockname()
-        return _RingConn.from_fds(reply.fds, reply.body["id"], family, local,
+        conn = _RingConn.from_fds(reply.fds, reply.body["id"], family, local,
                                   _from_wire(family, reply.body["peer"]), _monitor_of(chan))
+        conn.init_tokens("client")
+        return conn
 
     def _bind_for_ring(self, host: str) -> tuple | None:
         """Make sure we hold a local port; return our address.
@@ -730,11 +779,11 @@ class socket(_stdsocket.socket):
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Receive up to *bufsize* bytes; b"" at EOF."""
         conn = self._conn
-        if (conn is not None and not flags and self._rtimeout is None
+        if (conn is not None and (not flags or flags == MSG_WAITALL) and self._rtimeout is None
                 and 0 < bufsize <= _RECV_CHUNK and not conn.readiness and not conn.shut_rd):
             # The fast path of a blocking ring socket: one call into the ring.
             buf = bytearray(bufsize)
-            n = conn.reader.recv_into(buf)  # RingCredit!Recv
+            n = conn.reader.recv_into(buf, waitall=bool(flags))  # RingCredit!Recv
             return bytes(buf) if n == bufsize else bytes(memoryview(buf)[:n])
         if conn is None:
             if self._lst is not None:
@@ -837,10 +886,10 @@ class socket(_stdsocket.socket):
                 if got == 0 and not conn.shut_rd and not reader.eof:
                     raise _eagain()
                 return got
-            got = reader.recv_into(view, timeout, peek=peek)
-            if flags & MSG_WAITALL and not peek and 0 < got < len(view):
-                got = self._recv_rest(reader, view, got)
-            return got
+            # MSG_WAITALL is one ring operation: it keeps the receive token
+            # until the buffer is full, so no other reader's bytes land inside.
+            return reader.recv_into(view, timeout, peek=peek,
+                                    waitall=bool(flags & MSG_WAITALL) and not peek)
         except TimeoutError:
             raise TimeoutError("timed out") from None
         except BrokenPipeError:
@@ -849,20 +898,6 @@ class socket(_stdsocket.socket):
             if armed and not conn.shut_rd and not reader.closed:
                 # RingWakeup: keep the eventfd readable exactly while data or EOF waits.
                 reader.settle()
-
-    def _recv_rest(self, reader, view, got: int) -> int:
-        """MSG_WAITALL: go on until *view* is full, EOF, or the timeout (partial then)."""
-        view = memoryview(view)   # a slice of a bytearray would be a copy
-        n = len(view)
-        while got < n:
-            try:
-                k = reader.recv_into(view[got:], self._rtimeout)
-            except TimeoutError:
-                break
-            if k == 0:
-                break
-            got += k
-        return got
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, data, flags: int = 0) -> int:
@@ -919,20 +954,27 @@ class socket(_stdsocket.socket):
         timeout = self._rtimeout
         try:
             if timeout == 0.0 or (flags & MSG_DONTWAIT and timeout is None):
-                view = memoryview(data).cast("B")
-                off = 0
-                while off < len(view):
-                    k = writer.write(view[off:])
-                    if k == 0:
-                        raise _eagain()
-                    off += k
-                return None
+                if writer.token is None:
+                    return self._write_all_now(writer, data)
+                with writer.token.hold(0.0):   # one operation: no other send inside
+                    return self._write_all_now(writer, data)
             writer.send_all(data, timeout)
         except TimeoutError:
             raise TimeoutError("timed out") from None
         except BrokenPipeError:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
         return None
+
+    @staticmethod
+    def _write_all_now(writer, data) -> None:
+        """Non-blocking sendall: write what fits, EAGAIN once the ring is full."""
+        view = memoryview(data).cast("B")
+        off = 0
+        while off < len(view):
+            k = writer.write(view[off:])
+            if k == 0:
+                raise _eagain()
+            off += k
 
     def sendto(self, data, flags_or_addr, addr=_UNSET) -> int:
         """Send *data*; on a connected stream socket the address is ignored, as TCP does."""
@@ -1207,7 +1249,7 @@ class _Listener:
         conn = _RingConn.from_fds(msg.fds, body["id"], self.family,
                                   _from_wire(self.family, body["local"]),
                                   _from_wire(self.family, body["peer"]), self.monitor)
-        conn.end = "server"
+        conn.init_tokens("server")
         chan.notify(P.ACCEPTED, {"id": body["id"]})
         sock = owner._from_conn(conn, owner.type, owner.proto)
         return sock, conn.peer
@@ -1283,6 +1325,8 @@ def socketpair(family: int | None = None, type: int = SOCK_STREAM, proto: int = 
     c1 = _RingConn(r1, r2, None, AF_UNIX, "", "")
     # The second end maps the same rings again, so each end closes its own.
     c2 = _RingConn(Ring.attach(r2.fds()), Ring.attach(r1.fds()), None, AF_UNIX, "", "")
+    c1.init_tokens()
+    c2.init_tokens()
     return socket._from_conn(c1), socket._from_conn(c2)
 
 

@@ -56,7 +56,7 @@ FUZZ = settings(max_examples=100, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow,
                                        HealthCheck.function_scoped_fixture])
 #: Ops the monitor sends and must refuse to receive.
-MONITOR_SENDS = (P.NEWCONN, P.OK, P.ERROR)
+MONITOR_SENDS = (P.NEWCONN, P.RECALL, P.GRANT, P.OK, P.ERROR)
 #: A CONNECT answered with an errno is a refused connect, and counted as one.
 REFUSED = {"refused": 1}
 
@@ -462,21 +462,30 @@ kinds = st.sampled_from(ALL_KINDS)
 # -- bodies ------------------------------------------------------------------------------------
 texts = st.text(max_size=10)
 _BY_TYPE = {int: st.integers(-(2**40), 2**40), str: texts,
-            list: st.lists(texts | st.integers(0, 65535), max_size=3), type(None): st.none()}
+            list: st.lists(texts | st.integers(0, 65535), max_size=3), type(None): st.none(),
+            bool: st.booleans()}
+
+
+def _values(op: int, name: str) -> st.SearchStrategy:
+    choices = P.CHOICES.get(op, {}).get(name)   # "client"/"server" and the like
+    if choices is not None:
+        return st.sampled_from(sorted(choices))
+    return st.one_of(*(_BY_TYPE[t] for t in P.SCHEMAS[op][name]))
 
 
 def bodies(op: int) -> st.SearchStrategy[dict]:
     """Bodies that follow *op*'s schema."""
     if op in P._OPEN_SCHEMA:
         return st.dictionaries(texts, texts | st.integers(), max_size=3)
-    return st.fixed_dictionaries({name: st.one_of(*(_BY_TYPE[t] for t in types))
-                                  for name, types in P.SCHEMAS[op].items()})
+    return st.fixed_dictionaries({name: _values(op, name) for name in P.SCHEMAS[op]})
 
 
 def sample_body(op: int) -> dict:
     """A fixed valid body for *op*."""
-    sample = {int: 7, str: "inet", list: ["127.0.0.1", 80], type(None): None}
-    return {name: sample[types[0]] for name, types in P.SCHEMAS[op].items()}
+    sample = {int: 7, str: "inet", list: ["127.0.0.1", 80], type(None): None, bool: False}
+    choices = P.CHOICES.get(op, {})
+    return {name: min(choices[name]) if name in choices else sample[types[0]]
+            for name, types in P.SCHEMAS[op].items()}
 
 
 @st.composite

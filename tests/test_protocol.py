@@ -95,15 +95,22 @@ json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                            | st.dictionaries(texts, inner, max_size=3), max_leaves=8)
 addresses = st.lists(texts | st.integers(0, 65535), max_size=3)
 _BY_TYPE = {int: ints, str: texts, list: addresses, type(None): st.none(), dict: st.dictionaries(
-    texts, json_values, max_size=3)}
+    texts, json_values, max_size=3), bool: st.booleans()}
+
+
+def field_values(op: int, name: str) -> st.SearchStrategy:
+    """Values that *op*'s schema allows for field *name* (one of its CHOICES, if it has any)."""
+    choices = P.CHOICES.get(op, {}).get(name)
+    if choices is not None:
+        return st.sampled_from(sorted(choices))
+    return st.one_of(*(_BY_TYPE[t] for t in P.SCHEMAS[op][name]))
 
 
 def bodies(op: int) -> st.SearchStrategy[dict]:
     """Bodies that follow *op*'s schema (any JSON object for the free-form OK)."""
     if op in P._OPEN_SCHEMA:
         return st.dictionaries(texts, json_values, max_size=4)
-    return st.fixed_dictionaries({name: st.one_of(*(_BY_TYPE[t] for t in types))
-                                  for name, types in P.SCHEMAS[op].items()})
+    return st.fixed_dictionaries({name: field_values(op, name) for name in P.SCHEMAS[op]})
 
 
 def wrong_values(types: tuple[type, ...]) -> st.SearchStrategy:
@@ -278,8 +285,10 @@ def test_random_bytes_never_escape_as_another_exception(junk, nfds):
 
 def sample_body(op: int) -> dict:
     """A fixed valid body for *op*."""
-    sample = {int: 7, str: "inet", list: ["127.0.0.1", 80], type(None): None}
-    return {name: sample[types[0]] for name, types in P.SCHEMAS[op].items()}
+    sample = {int: 7, str: "inet", list: ["127.0.0.1", 80], type(None): None, bool: False}
+    choices = P.CHOICES.get(op, {})
+    return {name: min(choices[name]) if name in choices else sample[types[0]]
+            for name, types in P.SCHEMAS[op].items()}
 
 
 @SETTINGS

@@ -9,7 +9,10 @@ was restarted), once more on a new one.
 
 A listener gets a channel of its own (:func:`open_listener_channel`): the
 monitor pushes connections to it, so its descriptor is readable exactly when
-a connection waits, and it can sit in the listener's epoll set.
+a connection waits, and it can sit in the listener's epoll set.  So does a
+process that shares sockets (:func:`open_agent_channel`): its agent thread
+sends TAKE and RELEASE there (:meth:`ControlChannel.notify`) and receives
+the monitor's RECALL and GRANT pushes (:meth:`ControlChannel.receive`).
 
 After ``fork`` the child starts with no channel: SO_PEERCRED names the
 process that connected, so the child must connect again to be itself.
@@ -39,7 +42,7 @@ from impl.monitor import protocol as P
 from impl.monitor.paths import ENV_AUTOSTART, default_socket_path, ensure_private_dir, flock_by
 
 __all__ = ["ControlChannel", "channel", "current", "request", "open_listener_channel",
-           "reset", "start_monitor", "recv_msg", "MonitorUnavailable",
+           "open_agent_channel", "reset", "start_monitor", "recv_msg", "MonitorUnavailable",
            "START_TIMEOUT", "REQUEST_TIMEOUT"]
 
 log = logging.getLogger("socksdirect")
@@ -119,13 +122,47 @@ class ControlChannel:
             raise ConnectionResetError(errno.EPROTO, f"unexpected {reply.name} from the monitor")
         return reply
 
-    def notify(self, op: int, body: dict[str, Any]) -> None:
-        """Send a one-way message; a dead monitor is not an error here."""
+    def notify(self, op: int, body: dict[str, Any], *, check: bool = False) -> None:
+        """Send a one-way message; a dead monitor is not an error here, unless *check*.
+
+        With *check*, an OSError from the socket is raised (BrokenPipeError
+        or ConnectionResetError: the monitor is gone; TimeoutError: it took
+        nothing for REQUEST_TIMEOUT).
+        """
         try:
             with self._lock:
                 P.send_msg(self.sock, op, body)
+        except BlockingIOError:   # SO_SNDTIMEO ran out
+            if check:
+                raise TimeoutError(errno.ETIMEDOUT, f"the monitor at {self.path} took no "
+                                   f"{P.OP_NAMES[op]}") from None
         except OSError:
-            pass
+            if check:
+                raise
+
+    def receive(self, timeout: float | None = None) -> P.Message | None:
+        """Wait up to *timeout* seconds (None: for ever) for one pushed message.
+
+        For a channel that carries pushes (an agent's RECALL and GRANT, a
+        listener's NEWCONN) and no requests: a reply would be taken here.
+        Returns None at EOF (the monitor closed the channel or is gone);
+        raises TimeoutError when nothing came in time, ProtocolError for a
+        malformed message.  One thread at a time may receive.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or >= 0, got {timeout!r}")
+        poller = select.poll()
+        poller.register(self.sock.fileno(), select.POLLIN)
+        if not poller.poll(None if timeout is None else int(timeout * 1000 + 0.999)):
+            raise TimeoutError(errno.ETIMEDOUT, f"nothing from the monitor in {timeout} s")
+        try:
+            return P.recv_msg(self.sock)
+        except ConnectionResetError:
+            return None
+
+    def fileno(self) -> int:
+        """The channel's descriptor: readable when a message waits (for select/poll)."""
+        return self.sock.fileno()
 
     def close(self) -> None:
         """Close the channel."""
@@ -213,6 +250,20 @@ def open_listener_channel() -> ControlChannel | None:
         return None
     try:
         return ControlChannel.connect(default_socket_path(), role="listener")
+    except OSError:
+        return None
+
+
+def open_agent_channel() -> ControlChannel | None:
+    """A new channel for this process's agent: HELLO role "agent" (None without a monitor).
+
+    The monitor pushes RECALL and GRANT there from then on, and any it kept
+    for this process before.  A second agent channel replaces the first.
+    """
+    if channel() is None:
+        return None
+    try:
+        return ControlChannel.connect(default_socket_path(), role="agent")
     except OSError:
         return None
 

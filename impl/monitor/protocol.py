@@ -13,18 +13,19 @@ message they belong to::
 The body is a JSON object whose fields each op defines in :data:`SCHEMAS`.
 A packet that does not parse -- short, truncated, oversized, wrong magic or
 version, unknown op, a length that disagrees with the packet, invalid JSON,
-a missing or mistyped field, descriptors where none belong or too few where
-some do -- raises :class:`ProtocolError`, and the descriptors that came with
-it are closed, so a bad message can never leak descriptors into the
-receiver.  The body must be strict JSON: no ``NaN``/``Infinity`` or numbers
-that overflow to them, no duplicate keys, at most :data:`MAX_DEPTH` levels of
-nesting -- anything one JSON parser might read differently from another, or
-that would make the receiver recurse without bound, is refused.  Error
-messages quote values from the wire only in short excerpts and an ERROR's
-message is cut to :data:`MAX_ERROR_MESSAGE` characters, so an ERROR reply is
-always small enough to send back.  The monitor answers a ProtocolError with an ``ERROR`` message
-(and closes the channel when the frame itself was bad); it never changes
-state for a message it rejected.
+a missing or mistyped field or one outside its :data:`CHOICES`, descriptors
+where none belong or too few where some do -- raises :class:`ProtocolError`,
+and the descriptors that came with it are closed, so a bad message can never
+leak descriptors into the receiver.  The body must be strict JSON: no
+``NaN``/``Infinity`` or numbers that overflow to them, no duplicate keys, at
+most :data:`MAX_DEPTH` levels of nesting -- anything one JSON parser might
+read differently from another, or that would make the receiver recurse
+without bound, is refused.  Error messages quote values from the wire only
+in short excerpts and an ERROR's message is cut to :data:`MAX_ERROR_MESSAGE`
+characters, so an ERROR reply is always small enough to send back.  The
+monitor answers a ProtocolError with an ``ERROR`` message (and closes the
+channel when the frame itself was bad); it never changes state for a message
+it rejected.
 
 Ops and who sends them (request -> reply; "->" one-way):
 
@@ -45,8 +46,28 @@ PING           anyone                     -> OK (orders: earlier one-way message
                                           on the same channel are processed)
 STATUS, STATS  ctl                        -> OK {tables and counters}
 RELOAD, STOP   ctl                        -> OK (re-read the ACL; shut down)
+TAKE           library, agent channel     -> the process asks for token
+                                          {id, end, dir}
+RECALL         monitor, agent channel     -> the holder is to give the token back
+RELEASE        library, agent channel     -> the holder gives the token back
+GRANT          monitor, agent channel     -> the token is now this process's
+                                          {id, end, dir, reclaimed}
+FORKED         fork child, process chan.  {parent, ends: [[id, end], ...]}: the
+                                          child holds its parent's ends too -> OK
 OK, ERROR      monitor                    replies; ERROR {errno, message}
 =============  =========================  ======================================
+
+Token sharing (``spec/tla/TokenSharing.tla``): each connection end has a
+send and a recv token, named ``(id, end, dir)`` with ``end`` "client" or
+"server" and ``dir`` "send" or "recv" (:data:`CHOICES`; any other value is
+a ProtocolError like a mistyped field).  A process says HELLO with role
+``"agent"`` on a channel of its own, its *agent channel*: the monitor pushes
+RECALL and GRANT there, and the process sends TAKE and RELEASE there, so
+that its TAKEs and RELEASEs reach the monitor in the order they were sent.
+GRANT's ``reclaimed`` is true when the token was taken from a holder that
+died or closed its copy of the end (its token word was reset by the monitor).
+FORKED is a request: send it on the process channel, not the agent channel,
+whose pushes would otherwise be read as its reply.
 
 Ring descriptors travel in the order of :data:`RING_FDS`: the ring this end
 writes (memfd, data eventfd, space eventfd), then the ring it reads.
@@ -71,14 +92,15 @@ __all__ = [
     "MAGIC", "VERSION", "HEADER", "MAX_BODY", "MAX_FDS", "MAX_DEPTH", "MAX_ERROR_MESSAGE",
     "RING_FDS", "OPS", "OP_NAMES",
     "HELLO", "CONNECT", "LISTEN", "NEWCONN", "ACCEPTED", "CLOSE", "PING", "STATUS",
-    "STATS", "RELOAD", "STOP", "OK", "ERROR", "SCHEMAS", "FD_COUNTS",
+    "STATS", "RELOAD", "STOP", "TAKE", "RECALL", "RELEASE", "GRANT", "FORKED", "OK", "ERROR",
+    "SCHEMAS", "OPTIONAL", "CHOICES", "FD_COUNTS", "TOKEN_OPS", "ENDS", "DIRS",
     "FAMILIES", "Message", "ProtocolError", "encode", "decode", "send_msg", "recv_msg",
     "error_body", "errno_name",
 ]
 
 MAGIC = b"SD"
-#: Bumped on any incompatible change to this file.
-VERSION = 1
+#: Bumped on any incompatible change to this file (2: the token ops).
+VERSION = 2
 HEADER = struct.Struct("<2sBBI")
 #: Largest body accepted; STATUS replies of big tables are the largest messages.
 MAX_BODY = 1 << 20
@@ -106,18 +128,27 @@ RING_FDS = ("tx_memfd", "tx_data_efd", "tx_space_efd", "rx_memfd", "rx_data_efd"
 
 HELLO, CONNECT, LISTEN, NEWCONN, ACCEPTED, CLOSE, PING = 1, 2, 3, 4, 5, 6, 7
 STATUS, STATS, RELOAD, STOP = 8, 9, 10, 11
+TAKE, RECALL, RELEASE, GRANT, FORKED = 12, 13, 14, 15, 16
 OK, ERROR = 20, 21
 
 OP_NAMES = {HELLO: "HELLO", CONNECT: "CONNECT", LISTEN: "LISTEN", NEWCONN: "NEWCONN",
             ACCEPTED: "ACCEPTED", CLOSE: "CLOSE", PING: "PING", STATUS: "STATUS",
-            STATS: "STATS", RELOAD: "RELOAD", STOP: "STOP", OK: "OK", ERROR: "ERROR"}
+            STATS: "STATS", RELOAD: "RELOAD", STOP: "STOP", TAKE: "TAKE", RECALL: "RECALL",
+            RELEASE: "RELEASE", GRANT: "GRANT", FORKED: "FORKED", OK: "OK", ERROR: "ERROR"}
 OPS = frozenset(OP_NAMES)
+#: The one-way ops that name one token by (id, end, dir).
+TOKEN_OPS = frozenset({TAKE, RECALL, RELEASE, GRANT})
+#: A connection's two ends, and a token's two directions.
+ENDS = ("client", "server")
+DIRS = ("send", "recv")
 
 _INT = (int,)
 _STR = (str,)
 _ADDR = (list,)          # [host, port] for inet/inet6, [path] for unix
 _OPT_ADDR = (list, type(None))
 _OBJ = (dict,)
+_BOOL = (bool,)
+_TOKEN = {"id": _INT, "end": _STR, "dir": _STR}
 
 #: op -> {field: allowed JSON types}; every listed field is required, others are refused.
 SCHEMAS: dict[int, dict[str, tuple[type, ...]]] = {
@@ -132,6 +163,11 @@ SCHEMAS: dict[int, dict[str, tuple[type, ...]]] = {
     STATS: {},
     RELOAD: {},
     STOP: {},
+    TAKE: _TOKEN,
+    RECALL: _TOKEN,
+    RELEASE: _TOKEN,
+    GRANT: {**_TOKEN, "reclaimed": _BOOL},
+    FORKED: {"parent": _INT, "ends": _ADDR},     # ends: [[id, "client"/"server"], ...]
     OK: {},        # free-form: replies carry what their request asks for
     ERROR: {"errno": _INT, "message": _STR},
 }
@@ -140,6 +176,9 @@ _OPEN_SCHEMA = frozenset({OK})
 #: "end" ("client" or "server") says which end a process closes when it holds
 #: both ends of one connection (it connected to its own listener).
 OPTIONAL: dict[int, dict[str, tuple[type, ...]]] = {CLOSE: {"end": _STR}}
+#: op -> {field: the values it may take}, for string fields that name one of a few things.
+CHOICES: dict[int, dict[str, frozenset[str]]] = {
+    op: {"end": frozenset(ENDS), "dir": frozenset(DIRS)} for op in TOKEN_OPS}
 # Per op, made once: (name, allowed types, required) of each field, and every
 # field name allowed -- _check_body runs on every message sent or received.
 _FIELDS = {op: (*((name, types, True) for name, types in SCHEMAS[op].items()),
@@ -303,6 +342,11 @@ def _check_body(op: int, body: Any) -> None:
             want = "/".join(t.__name__ for t in types)
             raise ProtocolError(f"{OP_NAMES[op]} field {name!r} must be {want}, "
                                 f"got {type(value).__name__}", fatal=False)
+    for name, values in CHOICES.get(op, {}).items():
+        if body[name] not in values:
+            raise ProtocolError(f"{OP_NAMES[op]} field {name!r} must be one of "
+                                f"{', '.join(sorted(values))}, got {_quote(body[name])}",
+                                fatal=False)
     allowed = _ALLOWED[op]
     if not allowed.issuperset(body):
         extra = sorted(set(body) - allowed, key=str)

@@ -16,6 +16,17 @@ process and to count the bytes that went through.
 Why single-threaded: every table changes only in the loop, so a request is
 one atomic step, which is exactly what Connect.tla's actions assume.
 
+Token sharing (spec/tla/TokenSharing.tla, across processes): a connection
+end may be held by several processes once a fork child says FORKED; the
+monitor keeps the set of *holders* of each end, and the end closes only when
+its last holder closes it or dies.  Each end's send and recv token has a row
+in the token table -- holder pid, FIFO queue of pids, whether a RECALL is
+out -- made on the first TAKE.  The monitor pushes RECALL and GRANT to each
+process's *agent channel* (HELLO role "agent"), keeping them for a process
+whose agent has not said HELLO yet.  A holder that dies or closes its copy
+of the end has its tokens reclaimed: the token word in the ring is reset
+through the monitor's own mapping and the token goes to the next in queue.
+
 What keeps the loop alive: every event handler runs under :meth:`Monitor._run`,
 which logs an unexpected exception (and answers the request that raised it
 with ``ERROR EIO``) instead of letting it end the loop.  Every descriptor
@@ -69,7 +80,7 @@ _MIN_BUF = 4096
 _WILDCARD = {"inet": "0.0.0.0", "inet6": "::"}
 #: Ops whose sender does not wait for a reply: never answer them, not even
 #: with ERROR, or the sender would take it for the reply to its next request.
-_ONE_WAY = frozenset({P.ACCEPTED, P.CLOSE})
+_ONE_WAY = frozenset({P.ACCEPTED, P.CLOSE, P.TAKE, P.RELEASE})
 #: SO_PEERPIDFD (Linux 6.5): a pidfd of the very process that connected.
 _SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 #: Most rounds of waiting messages a STATUS handles before it answers.
@@ -87,18 +98,22 @@ class Proc:
     netns: int
     peer: aclmod.Peer
     channels: set[int] = field(default_factory=set)      # fds of its control channels
-    conns: set[int] = field(default_factory=set)
+    conns: set[int] = field(default_factory=set)         # connections it holds an end of
     listeners: set[tuple] = field(default_factory=set)
+    agent: Channel | None = None                         # where RECALL and GRANT go
+    outbox: deque[bytes] = field(default_factory=deque)  # pushes not sent yet, oldest first
 
 
 @dataclass
 class Channel:
-    """One control connection (a process may hold several: one per listener)."""
+    """One control connection (a process may hold several: one per listener, an agent's)."""
 
     sock: socket.socket
     pid: int
     listener: tuple | None = None
     hello: bool = False
+    role: str = ""
+    stalled: bool = False       # an agent channel that was full: waits until writable
 
 
 @dataclass
@@ -127,6 +142,29 @@ class Conn:
     cstate: str = "open"
     sstate: str = "queued"
     created: float = field(default_factory=time.time)
+    #: end -> pids holding it (the process that made it, and fork children that said FORKED)
+    holders: dict[str, set[int]] = field(init=False)
+    #: every pid that held an end: each one's Proc.conns lists this connection
+    pids: set[int] = field(init=False)
+    #: (end, dir) -> its row of the token table, made on first use
+    tokens: dict[tuple[str, str], Token] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.holders = {"client": {self.client}, "server": {self.server}}
+        self.pids = {self.client, self.server}
+
+    def origin(self, end: str) -> int:
+        """The pid that made *end*: the connecting process or the listener's owner."""
+        return self.client if end == "client" else self.server
+
+
+@dataclass
+class Token:
+    """TokenSharing.tla's monitor state for one token: holder (None: free), queue, recalled."""
+
+    holder: int | None
+    queue: deque[int] = field(default_factory=deque)
+    recalled: bool = False
 
 
 class _Refused(Exception):
@@ -174,7 +212,8 @@ class Monitor:
         self.counters = dict.fromkeys(
             ("connections", "kernel_fallbacks", "backlog_full", "refused", "denied",
              "listens", "listens_denied", "accepted", "closed", "resets", "deaths",
-             "bytes", "protocol_errors", "channels_refused", "internal_errors"), 0)
+             "bytes", "protocol_errors", "channels_refused", "internal_errors",
+             "forks", "takes", "grants", "recalls", "reclaims"), 0)
         self.procs: dict[int, Proc] = {}
         self.channels: dict[int, Channel] = {}
         self.listeners: dict[tuple, Listener] = {}
@@ -448,6 +487,8 @@ class Monitor:
         chan = self.channels.get(sock.fileno())
         if chan is None or chan.sock is not sock:
             return
+        if chan.stalled:
+            self._unstall(chan)
         try:
             msg = P.recv_msg(sock, self._rbuf)
         except (BlockingIOError, InterruptedError):
@@ -516,6 +557,8 @@ class Monitor:
         proc = self.procs.get(chan.pid)
         if proc is not None:
             proc.channels.discard(fd)
+            if proc.agent is chan:
+                proc.agent = None    # pushes wait in its outbox for the next agent
             if not (proc.channels or proc.conns or proc.listeners):
                 # Nothing left to clean up when it dies: stop watching it.
                 self._forget_proc(proc)
@@ -543,7 +586,10 @@ class Monitor:
                 f"protocol version {_quote(version)}, this monitor speaks {P.VERSION}"))
             return
         chan.hello = True
-        self._reply(chan, P.OK, {"version": P.VERSION, "pid": os.getpid()})
+        chan.role = msg.body["role"]
+        if self._reply(chan, P.OK, {"version": P.VERSION, "pid": os.getpid()}) \
+                and chan.role == "agent":
+            self._adopt_agent(chan)
 
     def _on_ping(self, chan: Channel, msg: P.Message) -> None:
         self._reply(chan, P.OK)
@@ -837,18 +883,41 @@ class Monitor:
             log.warning("pid %d: CLOSE of connection %d names end %r", chan.pid, conn.id,
                         end)
             return
-        if conn.client == chan.pid and conn.cstate == "open" and end != "server":
-            self._close_side(conn, "client", dead=False)
-        elif conn.server == chan.pid and conn.sstate != "closed" and end != "client":
+        pid = chan.pid
+        # A holder's copy of an end: the end itself closes with its last holder.
+        if pid in conn.holders["client"] and end != "server":
+            self._leave_end(conn, "client", pid, dead=False)
+        elif pid in conn.holders["server"] and end != "client":
             if conn.sstate == "queued":
                 # Accepted and closed, and this CLOSE (process channel) overtook
                 # the ACCEPTED (listener channel): only the acceptor knows the id.
                 self._dequeue(conn)
                 self.counters["accepted"] += 1
-            self._close_side(conn, "server", dead=False)
-        elif chan.pid not in (conn.client, conn.server):
+                conn.sstate = "open"
+            self._leave_end(conn, "server", pid, dead=False)
+        elif pid not in conn.pids:
             log.warning("pid %d tried to close connection %d of pids %d and %d",
                         chan.pid, conn.id, conn.client, conn.server)
+
+    def _leave_end(self, conn: Conn, end: str, pid: int, *, dead: bool) -> None:
+        """Process *pid* no longer holds *end* of *conn*: it closed its copy or died.
+
+        Its tokens of that end are reclaimed (and its place in their queues
+        given up); the end closes when its last holder is gone -- its ring
+        ends closed on its behalf if that holder died.
+        """
+        holders = conn.holders[end]
+        if pid not in holders:
+            return
+        if pid == conn.origin(end) and len(holders) > 1:
+            # Its tokens are in no row yet (no TAKE so far): they are still
+            # with it, and leave it now like any holder's.
+            for d in P.DIRS:
+                self._token(conn, end, d)
+        holders.discard(pid)
+        self._reclaim(conn, end, pid)
+        if not holders:
+            self._close_side(conn, end, dead=dead)
 
     def _dequeue(self, conn: Conn) -> None:
         lst = self.listeners.get(conn.key)
@@ -866,6 +935,10 @@ class Monitor:
             conn.cstate = "closed"
         else:
             conn.sstate = "closed"
+        # A closed end has no holders and no tokens (a reset queued end may still list one).
+        conn.holders[side].clear()
+        for d in P.DIRS:
+            conn.tokens.pop((side, d), None)
         if conn.cstate == "closed" and conn.sstate == "closed":
             self._remove_conn(conn)
 
@@ -873,7 +946,7 @@ class Monitor:
         self.counters["closed"] += 1
         self.counters["bytes"] += _ring_bytes(conn.cs) + _ring_bytes(conn.sc)
         del self.conns[conn.id]
-        for pid in (conn.client, conn.server):
+        for pid in conn.pids:
             proc = self.procs.get(pid)
             if proc is not None:
                 proc.conns.discard(conn.id)
@@ -883,6 +956,219 @@ class Monitor:
         conn.cs.close()
         conn.sc.close()
         self._pool_ok = True    # descriptors were freed: the pool may grow again
+
+    # -- token sharing (TokenSharing.tla) ---------------------------------------------
+    def _on_forked(self, chan: Channel, msg: P.Message) -> None:
+        """FORKED: a fork child holds its parent's ends too, from now on."""
+        child = chan.pid
+        try:
+            parent, ends = self._check_forked(child, msg.body)
+        except _Refused as exc:
+            log.warning("pid %d: FORKED refused: %s", child, exc)
+            self._reply_error(chan, exc.errno, str(exc))
+            return
+        proc = self.procs[child]
+        for conn, end in ends:
+            conn.holders[end].add(child)
+            conn.pids.add(child)
+            proc.conns.add(conn.id)   # so that its death is cleaned up (its pidfd is watched)
+        self.counters["forks"] += 1
+        log.info("pid %d, a child of %d, holds %d connection ends too", child, parent,
+                 len(ends))
+        self._reply(chan, P.OK, {"ends": len(ends)})
+
+    def _check_forked(self, child: int, body: dict) -> tuple[int, list[tuple[Conn, str]]]:
+        """The parent and the (connection, end) pairs of a FORKED; _Refused if not allowed.
+
+        The kernel, not the message, says who the child's parent is; and a
+        parent can only hand on ends it holds itself.
+        """
+        parent, raw = body["parent"], body["ends"]
+        for item in raw:
+            if (not isinstance(item, list) or len(item) != 2 or item[0].__class__ is not int
+                    or item[1] not in P.ENDS):
+                raise _Refused(errno.EINVAL, 'FORKED "ends" must be [[id, "client" or '
+                               f'"server"], ...], got {_quote(item)} in it')
+        real = _parent_pid(child)
+        if real != parent:
+            raise _Refused(errno.EPERM, f"pid {child}'s parent is {real}, not {_quote(parent)}")
+        ends = []
+        for cid, end in raw:
+            conn = self.conns.get(cid)
+            if conn is None or parent not in conn.holders[end]:
+                raise _Refused(errno.EPERM, f"pid {parent} does not hold the {end} end of "
+                               f"connection {_quote(cid)}")
+            ends.append((conn, end))
+        return parent, ends
+
+    def _token_of(self, chan: Channel, msg: P.Message) -> tuple[Conn, str, str, Token] | None:
+        """The token a TAKE or RELEASE names, if the sender holds its end; else None (logged).
+
+        One-way messages get no answer, not even an error: a process that
+        closed its copy of an end may still have one in flight.  A RELEASE
+        of a token with no row yet makes none unless it comes from the
+        token's implicit holder: a message that is ignored changes nothing.
+        """
+        body = msg.body
+        conn = self.conns.get(body["id"])
+        end, d = body["end"], body["dir"]
+        if conn is None or chan.pid not in conn.holders[end]:
+            log.info("pid %d: %s of (%s, %s, %s), an end it does not hold: ignored",
+                     chan.pid, msg.name, _quote(body["id"]), end, d)
+            return None
+        if msg.op == P.RELEASE and (end, d) not in conn.tokens \
+                and chan.pid != conn.origin(end):
+            log.info("pid %d released (%d, %s, %s), which it does not hold: ignored",
+                     chan.pid, conn.id, end, d)
+            return None
+        return conn, end, d, self._token(conn, end, d)
+
+    def _token(self, conn: Conn, end: str, d: str) -> Token:
+        """The row of token (conn, end, d), made on first use.
+
+        Until then the token is where the connection put it: with the
+        process that made the end (its library starts out holding it), as
+        long as that process still holds the end; free otherwise.
+        """
+        tok = conn.tokens.get((end, d))
+        if tok is None:
+            origin = conn.origin(end)
+            tok = conn.tokens[(end, d)] = Token(origin if origin in conn.holders[end] else None)
+        return tok
+
+    # TokenSharing!MonTake
+    def _mon_take(self, chan: Channel, msg: P.Message) -> None:
+        found = self._token_of(chan, msg)
+        if found is None:
+            return
+        conn, end, d, tok = found
+        pid = chan.pid
+        self.counters["takes"] += 1
+        if tok.holder is None:
+            tok.holder = pid
+            self._grant(conn, end, d, pid, reclaimed=False)
+        elif tok.holder == pid:
+            # It holds it already (it lost count, e.g. of a token it had from
+            # the start): say so again rather than recall it from itself.
+            self._grant(conn, end, d, pid, reclaimed=False)
+        else:
+            if pid not in tok.queue:
+                tok.queue.append(pid)
+            if not tok.recalled:
+                self._recall(conn, end, d, tok)
+
+    # TokenSharing!MonRelease
+    def _mon_release(self, chan: Channel, msg: P.Message) -> None:
+        found = self._token_of(chan, msg)
+        if found is None:
+            return
+        conn, end, d, tok = found
+        if tok.holder != chan.pid:
+            # Reclaimed meanwhile (it closed its copy), or a confused process.
+            log.info("pid %d released (%d, %s, %s), held by %s: ignored", chan.pid, conn.id,
+                     end, d, tok.holder)
+            return
+        self._hand_on(conn, end, d, tok, reclaimed=False)
+
+    # TokenSharing!Reclaim
+    def _reclaim(self, conn: Conn, end: str, pid: int) -> None:
+        """Process *pid* left *end*: it leaves every queue there, its tokens go on.
+
+        Called once per (pid, end), when *pid* leaves the end's holders, so
+        each token of a dead holder is reclaimed exactly once.
+        """
+        for d in P.DIRS:
+            tok = conn.tokens.get((end, d))
+            if tok is None:
+                continue
+            if pid in tok.queue:
+                tok.queue.remove(pid)
+            if tok.holder == pid:
+                self.counters["reclaims"] += 1
+                # Its owner thread (if any) is gone with it: the next holder's
+                # threads must find the word free, not owned by a dead thread.
+                ring, side = _token_ring(conn, end, d)
+                if not ring.closed:
+                    ring.set_token_word(side, 0)
+                log.info("token (%d, %s, %s) reclaimed from pid %d", conn.id, end, d, pid)
+                self._hand_on(conn, end, d, tok, reclaimed=True)
+
+    def _hand_on(self, conn: Conn, end: str, d: str, tok: Token, *, reclaimed: bool) -> None:
+        """The holder let go of *tok*: GRANT it to the head of the queue, or leave it free.
+
+        If others still queue behind the new holder, it is recalled at once:
+        each RECALL serves the whole queue, one holder after another.
+        """
+        tok.recalled = False
+        if not tok.queue:
+            tok.holder = None
+            return
+        tok.holder = tok.queue.popleft()
+        self._grant(conn, end, d, tok.holder, reclaimed=reclaimed)
+        if tok.queue:
+            self._recall(conn, end, d, tok)
+
+    def _grant(self, conn: Conn, end: str, d: str, pid: int, *, reclaimed: bool) -> None:
+        self.counters["grants"] += 1
+        self._push(pid, P.GRANT, {"id": conn.id, "end": end, "dir": d, "reclaimed": reclaimed})
+
+    def _recall(self, conn: Conn, end: str, d: str, tok: Token) -> None:
+        assert tok.holder is not None
+        tok.recalled = True
+        self.counters["recalls"] += 1
+        self._push(tok.holder, P.RECALL, {"id": conn.id, "end": end, "dir": d})
+
+    def _adopt_agent(self, chan: Channel) -> None:
+        """*chan* said HELLO as its process's agent: pushes go there from now on."""
+        proc = self.procs.get(chan.pid)
+        if proc is None:
+            return
+        old = proc.agent
+        if old is not None and old is not chan and old.stalled:
+            self._unstall(old, flush=False)
+        proc.agent = chan
+        self._flush(proc)
+
+    def _push(self, pid: int, op: int, body: dict) -> None:
+        """Send RECALL or GRANT to *pid*'s agent, or keep it until there is one."""
+        proc = self.procs.get(pid)
+        if proc is None:
+            log.debug("%s to pid %d, which is gone: dropped", P.OP_NAMES[op], pid)
+            return
+        proc.outbox.append(P.encode(op, body))
+        self._flush(proc)
+
+    def _flush(self, proc: Proc) -> None:
+        """Send what waits for *proc*'s agent, in order, as far as its channel takes it.
+
+        A full channel (an agent slow to read) is watched for room instead:
+        a push is never dropped while its process lives.
+        """
+        chan = proc.agent
+        if chan is None or chan.stalled:
+            return
+        while proc.outbox:
+            try:
+                chan.sock.send(proc.outbox[0])
+            except BlockingIOError:
+                chan.stalled = True
+                self._sel.modify(chan.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                 self._on_channel)
+                return
+            except OSError as exc:
+                log.info("pid %d: agent channel failed (%s); pushes kept for the next",
+                         proc.pid, exc)
+                self._drop_channel(chan)
+                return
+            proc.outbox.popleft()
+
+    def _unstall(self, chan: Channel, *, flush: bool = True) -> None:
+        """Stop watching *chan* for room; then (by default) try its pushes again."""
+        chan.stalled = False
+        self._sel.modify(chan.sock, selectors.EVENT_READ, self._on_channel)
+        proc = self.procs.get(chan.pid)
+        if flush and proc is not None and proc.agent is chan:
+            self._flush(proc)
 
     # -- process death (Connect.tla!Cleanup) ---------------------------------------
     def _on_exit(self, proc: Proc) -> None:
@@ -942,10 +1228,9 @@ class Monitor:
             conn = self.conns.get(cid)
             if conn is None:
                 continue
-            for side, owner, state in (("client", conn.client, conn.cstate),
-                                       ("server", conn.server, conn.sstate)):
-                if owner == pid and state != "closed" and cid in self.conns:
-                    self._close_side(conn, side, dead=True)
+            for end in P.ENDS:
+                if cid in self.conns:
+                    self._leave_end(conn, end, pid, dead=True)
         for fd in list(proc.channels):
             chan = self.channels.get(fd)
             if chan is not None:
@@ -998,11 +1283,16 @@ class Monitor:
                      for lst in itertools.islice(self.listeners.values(), MAX_ROWS)]
         conns = [{"id": c.id, "client": c.client, "server": c.server,
                   "address": list(c.key[2:]), "client_side": c.cstate,
-                  "server_side": c.sstate, "bytes": _ring_bytes(c.cs) + _ring_bytes(c.sc)}
+                  "server_side": c.sstate, "bytes": _ring_bytes(c.cs) + _ring_bytes(c.sc),
+                  "holders": {end: sorted(c.holders[end]) for end in P.ENDS}}
                  for c in itertools.islice(self.conns.values(), MAX_ROWS)]
+        tokens = [{"id": c.id, "end": end, "dir": d, "holder": t.holder,
+                   "queue": list(t.queue), "recalled": t.recalled}
+                  for c, (end, d), t in itertools.islice(self._token_rows(), MAX_ROWS)]
         procs = [{"pid": p.pid, "uid": p.uid, "program": p.peer.exe,
                   "channels": len(p.channels), "listeners": len(p.listeners),
-                  "connections": len(p.conns)}
+                  "connections": len(p.conns), "agent": p.agent is not None,
+                  "pending": len(p.outbox)}
                  for p in itertools.islice(self.procs.values(), MAX_ROWS)]
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         return {
@@ -1013,17 +1303,26 @@ class Monitor:
             "acl": {"source": self.acl.source, "default": self.acl.default,
                     "rules": self.acl.describe()},
             "counts": {"listeners": len(self.listeners), "connections": len(self.conns),
-                       "processes": len(self.procs), "channels": len(self.channels)},
+                       "processes": len(self.procs), "channels": len(self.channels),
+                       "tokens": sum(len(c.tokens) for c in self.conns.values())},
             "listeners": listeners,
             "connections": conns,
+            "tokens": tokens,
             "processes": procs,
             "counters": self.stats(),
         }
+
+    def _token_rows(self):
+        """(connection, (end, dir), Token) of every row of the token table."""
+        for c in self.conns.values():
+            for key, tok in c.tokens.items():
+                yield c, key, tok
 
     _HANDLERS = {
         P.HELLO: _on_hello, P.PING: _on_ping, P.STATUS: _on_status, P.STATS: _on_stats,
         P.RELOAD: _on_reload, P.STOP: _on_stop, P.LISTEN: _on_listen,
         P.CONNECT: _on_connect, P.ACCEPTED: _on_accepted, P.CLOSE: _on_close,
+        P.TAKE: _mon_take, P.RELEASE: _mon_release, P.FORKED: _on_forked,
     }
 
 
@@ -1153,6 +1452,24 @@ def _fmt(addr: list) -> str:
         return repr(addr[0])
     host, port = addr
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parent_pid(pid: int) -> int | None:
+    """Process *pid*'s parent from /proc (None if it is gone): the kernel's word, not its."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    return int(stat.rsplit(b")", 1)[1].split()[1])
+
+
+def _token_ring(conn: Conn, end: str, d: str) -> tuple[Ring, str]:
+    """The ring and side whose header holds token (end, d): an end writes one ring, reads the
+    other (the client writes cs and reads sc)."""
+    writes, reads = (conn.cs, conn.sc) if end == "client" else (conn.sc, conn.cs)
+    return (writes, "writer") if d == "send" else (reads, "reader")
 
 
 def _ring_bytes(ring: Ring) -> int:

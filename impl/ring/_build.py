@@ -52,9 +52,9 @@ def _cdef_block() -> str:
 
 
 # Constants read back from the compiled module ("..." = "ask the compiler").
-_EXPORTED = ["SD_PEEK", "SD_ARM", "SD_NOTOK", "SD_WAITALL", "SD_ERR_CLOSED", "SD_ERR_PIPE", "SD_ERR_MAGIC",
-             "SD_ERR_CAPACITY", "SD_ERR_HEAD_AHEAD", "SD_ERR_TAIL_BEYOND", "SD_ERR_ARG",
-             "SD_ERR_TOKEN", "SD_TOK_BUSY", "SD_TOK_WANT", "SD_TOK_SHIFT",
+_EXPORTED = ["SD_PEEK", "SD_ARM", "SD_NOTOK", "SD_WAITALL", "SD_ERR_CLOSED", "SD_ERR_PIPE",
+             "SD_ERR_MAGIC", "SD_ERR_CAPACITY", "SD_ERR_HEAD_AHEAD", "SD_ERR_TAIL_BEYOND",
+             "SD_ERR_ARG", "SD_ERR_TOKEN", "SD_TOK_BUSY", "SD_TOK_WANT", "SD_TOK_SHIFT",
              "SD_PEND_WAKE", "SD_PEND_WANTED"]
 
 ffibuilder = FFI()
