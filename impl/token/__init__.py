@@ -239,8 +239,11 @@ class Token:
             if not self.held or AGENT in self.queue:
                 return
             self.queue.append(AGENT)
-            if len(self.queue) > 1 or self.word()[2]:
-                _lib.sd_token_or(self.endpoint._p, _WANT)  # the owner's exit must tell us
+            if self.word()[2]:
+                # TokenSharing!Flag: the BUSY owner's exit must run the release.
+                # (Should it leave before the OR lands, WANT stays set on an
+                # idle word: the same state as Flag just before its Exit.)
+                _lib.sd_token_or(self.endpoint._p, _WANT)
             self._advance()
 
     def _advance(self) -> None:

@@ -76,7 +76,11 @@ class _Agent:
                     self.send(P.RELEASE, _body(key))
                 else:
                     tok.granted(bool(msg.body.get("reclaimed")))  # TokenSharing!Grant
-            elif msg.op not in (P.OK, P.ERROR):
+            elif msg.op == P.ERROR:
+                # A TAKE or RELEASE the monitor could not parse: a bug on our side.
+                log.warning("token agent: the monitor refused a message: %s",
+                            msg.body.get("message"))
+            else:
                 log.warning("token agent: unexpected %s from the monitor", msg.name)
 
 
