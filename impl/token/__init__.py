@@ -171,49 +171,68 @@ class Token:
 
     def _wait_turn(self, me: int, timeout: float | None, deadline: float | None) -> None:
         p = self.endpoint._p
-        poll = _POLL_MIN
         spin = _SPIN_NS
+        poll = _POLL_MIN
         while True:
             with self.cond:
                 if self.closed:
                     raise OSError(errno.EBADF, "Bad file descriptor")
                 if not self.held:
                     self._ask()                         # TokenSharing!Ask
-                    turn = False
-                else:
-                    turn = self.queue[0] == me
+                    poll = self._sleep(timeout, deadline, poll)  # until GRANT
+                    continue
+                if self.queue[0] != me:
+                    poll = self._sleep(timeout, deadline, poll)  # until those before took it
+                    continue
                 # A release owed to the monitor waits behind us: our exit must
                 # run it (the agent does not poll).  Threads behind us need no
                 # WANT: the new first one is woken when we leave the queue and
                 # spins for its turn.
                 others = _WANT if AGENT in self.queue else 0
-            if turn:
-                # Our turn and our process's token: nobody else of ours may
-                # take it now, and it cannot leave the process (a release
-                # waits behind us in the queue), so the lock is not needed.
-                if _lib.sd_token_take(p, others, 0 if timeout == 0 else spin) == 1:
-                    with self.cond:                     # TokenSharing!Take
-                        self.queue.popleft()
-                        if self.queue:
-                            self.cond.notify_all()      # the next one's turn to spin
-                    return
-                spin = 0
+            # Our turn and our process's token: nobody else of ours may take
+            # it now, and it cannot leave the process (a release waits behind
+            # us in the queue), so the spin runs without the lock.
+            if _lib.sd_token_take(p, others, 0 if timeout == 0 else spin) == 1:
+                with self.cond:                         # TokenSharing!Take
+                    self.queue.popleft()
+                    if others == 0 and AGENT in self.queue:
+                        # A RECALL came while we spun: our exit must run it.
+                        _lib.sd_token_or(p, _WANT)      # TokenSharing!Flag
+                    if self.queue:
+                        self.cond.notify_all()          # the next one's turn to spin
+                return
+            spin = 0
             with self.cond:
-                if turn and self.held and self.queue and self.queue[0] == me:
+                # Look again under the lock: whatever changed while we spun
+                # notified nobody we could hear, so only a state that is still
+                # ours to wait in may be slept in (no lost wake-up).
+                if self.closed or not self.held or self.queue[0] != me:
+                    continue
+                if timeout != 0:
                     old = _lib.sd_token_or(p, _WANT)    # TokenSharing!Flag
                     if not old & _BUSY:
                         continue                        # it left meanwhile: take it
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    if timeout == 0:
-                        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-                    raise TimeoutError(errno.ETIMEDOUT, "timed out")
-                if self.key is None:
-                    # No monitor (socketpair): the owner may be in another
-                    # process and cannot wake us.  Look again later.
-                    wait = poll if wait is None else min(wait, poll)
-                    poll = min(poll * 2, _POLL_MAX)
-                self.cond.wait(wait)
+                # The owner's exit sees WANT and calls wanted(), which needs
+                # the lock we hold until wait() lets it go.
+                poll = self._sleep(timeout, deadline, poll)
+
+    def _sleep(self, timeout: float | None, deadline: float | None, poll: float) -> float:
+        """Under the lock: wait for a notify, the deadline, or (socketpair) a poll.
+
+        Returns the next poll interval.
+        """
+        wait = None if deadline is None else deadline - time.monotonic()
+        if wait is not None and wait <= 0:
+            if timeout == 0:
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+            raise TimeoutError(errno.ETIMEDOUT, "timed out")
+        if self.key is None:
+            # No monitor (socketpair): the owner may be in another process and
+            # cannot wake us.  Look again later, less often each time.
+            wait = poll if wait is None else min(wait, poll)
+            poll = min(poll * 2, _POLL_MAX)
+        self.cond.wait(wait)
+        return poll
 
     def _leave(self, me: int) -> None:
         """Under the lock: a waiter gives up (timeout, close, interrupt) and leaves."""
