@@ -31,6 +31,7 @@ data calls) it asks a kernel socket of the same kind.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import select
 import socket as _stdsocket
@@ -382,6 +383,13 @@ def _from_wire(family: int, addr) -> object:
     if family == AF_INET6:
         return (addr[0], addr[1], 0, 0)
     return (addr[0], addr[1])
+
+
+def _int_flags(flags) -> int:
+    """*flags* as a plain int: the socket module's MSG_* are IntFlag members,
+    and each ``&`` on one costs microseconds (enum arithmetic), several per call.
+    TypeError for a non-integer, as socket.socket raises."""
+    return flags if type(flags) is int else operator.index(flags)
 
 
 def _eagain() -> BlockingIOError:
@@ -791,6 +799,7 @@ class socket(_stdsocket.socket):
             return super().recv(bufsize, flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
+        flags = _int_flags(flags)
         if bufsize > _RECV_CHUNK and not flags & MSG_WAITALL:
             # asyncio asks for 256 KiB a call: zero-filling that much costs
             # more than the read.  A stream read may return less, so allocate
@@ -803,13 +812,16 @@ class socket(_stdsocket.socket):
     def recv_into(self, buffer, nbytes: int = 0, flags: int = 0) -> int:
         """Receive into *buffer* (up to *nbytes*, default its size); return the count."""
         conn = self._conn
-        if (conn is not None and not nbytes and not flags and self._rtimeout is None
-                and not conn.readiness and not conn.shut_rd and type(buffer) is bytearray):
-            return conn.reader.recv_into(buffer)  # the fast path: RingCredit!Recv
+        if (conn is not None and (not flags or flags == MSG_WAITALL) and self._rtimeout is None
+                and not conn.readiness and not conn.shut_rd and type(buffer) is bytearray
+                and (not nbytes or nbytes == len(buffer))):
+            # the fast path: RingCredit!Recv
+            return conn.reader.recv_into(buffer, waitall=bool(flags))
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recv_into(buffer, nbytes, flags)
             return super().recv_into(buffer, nbytes, flags)
+        flags = _int_flags(flags)
         view = memoryview(buffer).cast("B")
         if nbytes < 0:
             raise ValueError("negative buffersize in recv_into")
@@ -914,6 +926,7 @@ class socket(_stdsocket.socket):
             if self._lst is not None:
                 return self._lst.ksock.send(data, flags)
             return super().send(data, flags)
+        flags = _int_flags(flags)
         writer = self._writer(conn, flags)
         timeout = self._rtimeout
         try:
@@ -950,6 +963,7 @@ class socket(_stdsocket.socket):
             if self._lst is not None:
                 return self._lst.ksock.sendall(data, flags)
             return super().sendall(data, flags)
+        flags = _int_flags(flags)
         writer = self._writer(conn, flags)
         timeout = self._rtimeout
         try:
@@ -1012,7 +1026,7 @@ class socket(_stdsocket.socket):
         return self._sendfile_use_send(file, offset, count)
 
     def _writer(self, conn: _RingConn, flags: int):
-        if flags & ~_SEND_FLAGS:
+        if flags & ~_SEND_FLAGS:  # (flags is a plain int: see _int_flags)
             raise OSError(errno.EOPNOTSUPP, f"send flags {flags & ~_SEND_FLAGS:#x} are not "
                           "supported on a socksdirect ring connection")
         if conn.shut_wr:
