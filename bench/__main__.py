@@ -5,6 +5,7 @@ Usage::
     python -m bench                  # full run, about 3-5 minutes; writes docs/
     python -m bench --quick --out /tmp/b   # seconds; rough numbers
     python -m bench --quick --only socket,tcp,unix --out /tmp/b   # the socket API only
+    python -m bench --quick --only tokens --out /tmp/b   # the token benchmarks only
     python -m bench --glibc-tunable  # re-run under the glibc memcpy tunable
 """
 
@@ -40,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                         "always, never (default auto)")
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated transports to run, e.g. ring-c,tcp "
-                        "(keys: ring-c, ring-python, socket, tcp, unix, pipe; the set-up "
-                        "and asyncio runs follow socket, tcp and unix)")
+                        "(keys: ring-c, ring-python, socket, tcp, unix, pipe, tokens; the "
+                        "set-up and asyncio runs follow socket, tcp and unix; tokens are "
+                        "the token benchmarks of issue 4)")
     p.add_argument("--glibc-tunable", action="store_true",
                    help=f"re-run the interpreter with GLIBC_TUNABLES={GLIBC_TUNABLE}, "
                         "which removes glibc's memcpy alignment trap")
@@ -71,12 +73,17 @@ def _summary(results: dict, paths: dict) -> list[str]:
                      + (f" {small / 1e6:8.3f} M msg/s" if small else "")
                      + (f" {large:8.2f} GB/s" if large else ""))
     lines += _socket_summary(results)
+    lines += _token_summary(results.get("tokens") or {})
     lines += ["", "goals:"]
     for g in results["goals"]:
         verdict = {True: "pass", False: "FAIL", None: "not measured"}[g["passed"]]
         value = "-" if g["value"] is None else f"{g['value']:.3g}"
         lines.append(f"  {verdict:<12} {g['what']} ({g['target']}): "
                      f"{labels[g['transport']]} {value}")
+    for g in (results.get("tokens") or {}).get("goals", []):
+        verdict = {True: "pass", False: "FAIL", None: "not measured"}[g["passed"]]
+        value = "-" if g["value"] is None else f"{g['value']:.3g}"
+        lines.append(f"  {verdict:<12} {g['what']} ({g['target']}): {value}")
     lines += ["", f"finished in {results['duration_s']} s; wrote:"]
     lines += [f"  {path}" for path in paths.values()]
     return lines
@@ -100,6 +107,32 @@ def _socket_summary(results: dict) -> list[str]:
     return lines
 
 
+def _token_summary(tok: dict) -> list[str]:
+    """Headline lines of the token benchmarks (issue 4)."""
+    if not tok:
+        return []
+    lines = ["", "tokens: single owner, time with token checks / without (median of pairs):"]
+    labels = tok["single"]["labels"]
+    for key, r in tok["single"]["cases"].items():
+        lines.append(f"  {labels.get(key, key):<40} {r['ratio']:8.3f}")
+    if tok["shared"]["rates"]:
+        lines += ["", f"tokens: {tok['threads']} threads on one socket, frames/s "
+                  "(rings, TCP, ratio):"]
+    for case in tok["shared"]["cases"]:
+        r = tok["shared"]["rates"].get(case["key"])
+        if r is not None:
+            lines.append(f"  {case['key']:<12} {r['ring']['msgs_per_s']:12,.0f} "
+                         f"{r['tcp']['msgs_per_s']:12,.0f} {r['ratio']:6.2f}x")
+    if tok["takeover"]["latency"]:
+        lines += ["", "tokens: sendall after the socket's last user (median, p99):"]
+    for case in tok["takeover"]["cases"]:
+        r = tok["takeover"]["latency"].get(case["key"])
+        if r is not None:
+            lines.append(f"  {case['label']:<56} {r['median_us']:8.2f} µs "
+                         f"{r['p99_us']:8.2f} µs")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite as the command line asks; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -118,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_suite(settings, log=lambda line: print(line, flush=True))
     paths = write_report(results, args.out)
     print("\n".join(_summary(results, paths)))
-    if not results["transports"]:
+    if not results["transports"] and not results.get("tokens"):
         print("bench: no transport was measured", file=sys.stderr)
         return 1
     return 0

@@ -6,13 +6,15 @@
   line per transport, with the spread of the repeats as error bars.
 * Socket API: each socket-API goal's measured ratio against its target,
   connection set-up rates, and the asyncio echo round trip per loop.
+* Tokens: the single owner's cost ratio per pair, frames/s of threads
+  sharing one socket over rings and TCP, and the takeover latencies.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["latency_figure", "socket_figure", "throughput_figure"]
+__all__ = ["latency_figure", "socket_figure", "throughput_figure", "tokens_figure"]
 
 # Our ring in blues, the kernel in warm colours: the two families read apart at a glance.
 _COLOURS = {
@@ -30,6 +32,13 @@ _COLOURS = {
     "asyncio-ring-stock": "#82c99a",
     "asyncio-tcp": "#c0392b",
     "asyncio-unix": "#e67e22",
+    # Takeover cases: rings in greens (darker: the slower path), TCP in reds.
+    "fast-ring": "#82c99a",
+    "thread-ring": "#27ae60",
+    "process-ring": "#145a32",
+    "fast-tcp": "#f1948a",
+    "thread-tcp": "#c0392b",
+    "process-tcp": "#78281f",
 }
 _MARKERS = {"ring-c": "o", "ring-python": "s", "tcp": "^", "unix": "D", "pipe": "v",
             "socket": "P"}
@@ -155,7 +164,8 @@ def throughput_figure(results: dict, path: str | Path) -> Path:
         ax.grid(which="major", alpha=0.3)
     left.set_title("Messages per second", fontsize=10)
     right.set_title("Bytes per second", fontsize=10)
-    right.legend(fontsize=8, loc="lower right")
+    if results["transports"]:  # none with --only tokens
+        right.legend(fontsize=8, loc="lower right")
     fig.suptitle("Streaming throughput between two processes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -240,6 +250,101 @@ def socket_figure(results: dict, path: str | Path) -> Path:
     _latency_panel(echo, asyncio_results.get("latency", {}), labels,
                    "asyncio echo ping-pong, 8 B")
     fig.suptitle("Through the socket API: impl.socket against the kernel's sockets")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _single_owner_panel(ax, single: dict, bound: float) -> None:
+    """Each single-owner case: its pairs' ratios as dots, the median as a thick tick."""
+    cases = single.get("cases", {})
+    title = "Single owner: time with token checks ÷ without"
+    if not cases:
+        _not_measured(ax, title)
+        return
+    labels = single.get("labels", {})
+    keys = list(cases)
+    xs = list(range(len(keys)))
+    for x, k in zip(xs, keys, strict=True):
+        ratios, median = cases[k]["ratios"], cases[k]["ratio"]
+        colour = "#27ae60" if median <= bound else "#c0392b"
+        ax.scatter([x] * len(ratios), ratios, color="#555555", s=14, zorder=3,
+                   label="one pair" if x == 0 else None)
+        # The median is not a quantity from zero, so a tick, not a bar.
+        ax.hlines(median, x - 0.3, x + 0.3, color=colour, linewidth=4, zorder=4,
+                  label="median of the pairs" if x == 0 else None)
+        ax.annotate(f"{median:.3f}", (x + 0.32, median), va="center", fontsize=8,
+                    fontweight="bold")
+    ax.axhline(1.0, color="#555555", linewidth=0.8, linestyle=":", zorder=1)
+    ax.axhline(bound, color="black", linewidth=1.0, linestyle="--", zorder=1,
+               label=f"goal: ≤ {bound:g}")
+    every = [r for k in keys for r in cases[k]["ratios"]] + [bound, 1.0]
+    span = max(every) - min(every)
+    ax.set_ylim(min(every) - 0.1 * span - 0.02, max(every) + 0.6 * span + 0.04)
+    ax.set_xlim(-0.6, len(keys) - 0.2)
+    names = [labels.get(k, k).split(" (")[0] for k in keys]
+    ax.set_xticks(xs, names, rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("ratio of the time per operation")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.legend(fontsize=7, loc="upper left")
+
+
+def _shared_panel(ax, shared: dict, threads: int) -> None:
+    """Frames/s over rings and TCP side by side per case, the ratio written above."""
+    rates = shared.get("rates", {})
+    cases = [c for c in shared.get("cases", []) if c["key"] in rates]
+    title = f"{threads} threads sharing one socket"
+    if not cases:
+        _not_measured(ax, title)
+        return
+    xs = range(len(cases))
+    width = 0.38
+    for offset, kind, label in ((-width / 2, "ring", "impl.socket (rings)"),
+                                (width / 2, "tcp", "TCP loopback")):
+        values = [rates[c["key"]][kind]["msgs_per_s"] for c in cases]
+        ax.bar([x + offset for x in xs], values, width=width, label=label,
+               color=_colour("socket" if kind == "ring" else "tcp"), zorder=2)
+    for x, c in zip(xs, cases, strict=True):
+        r = rates[c["key"]]
+        top = max(r["ring"]["msgs_per_s"], r["tcp"]["msgs_per_s"])
+        ax.annotate(f"{r['ratio']:.2g}×", (x, top), xytext=(0, 3), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=8, fontweight="bold")
+    from matplotlib import ticker
+
+    ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+    names = [f"{c['direction']} {_size_label(c['size'])}" for c in cases]
+    ax.set_xticks(list(xs), names, fontsize=8)
+    ax.set_ylabel("frames per second")
+    ax.set_title(title + "\n(ratio: rings ÷ TCP; goal ≥ 3×)", fontsize=10)
+    ax.grid(axis="y", alpha=0.3, zorder=0)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+# Who used the socket last, in the takeover panel.
+_LAST_USER = {"fast": "the same thread", "thread": "another thread",
+              "process": "another process"}
+
+
+def tokens_figure(results: dict, path: str | Path) -> Path:
+    """Draw the token figure (single owner | shared socket | takeover) into the PNG *path*."""
+    plt = _pyplot()
+    tok = results.get("tokens") or {}
+    fig, (single, shared, takeover) = plt.subplots(1, 3, figsize=(15, 4.8),
+                                                   gridspec_kw={"width_ratios": [1, 1.2, 1.3]})
+    bound = next((g["bound"] for g in tok.get("goals", []) if g["lower_is_better"]), 1.05)
+    _single_owner_panel(single, tok.get("single", {}), bound)
+    _shared_panel(shared, tok.get("shared", {}), tok.get("threads", 4))
+    cases = tok.get("takeover", {}).get("cases", [])
+    labels = {c["key"]: f"{_LAST_USER[c['across']]}, {'rings' if c['kind'] == 'ring' else 'TCP'}"
+              for c in cases}
+    _latency_panel(takeover, tok.get("takeover", {}).get("latency", {}), labels,
+                   "Takeover: an 8-byte sendall; the socket's last user was ...")
+    if labels:
+        takeover.set_ylabel("sendall, µs (log scale)")
+    fig.suptitle("Tokens: sharing a socket among threads and processes")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -21,6 +21,7 @@ __all__ = ["render_markdown", "write_report"]
 LATENCY_PNG = "img/bench-latency.png"
 THROUGHPUT_PNG = "img/bench-throughput.png"
 SOCKET_PNG = "img/bench-socket.png"
+TOKENS_PNG = "img/bench-tokens.png"
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -277,7 +278,7 @@ def _goals_section(results: dict) -> list[str]:
     header = ["goal", "target", "transport", "measured", "result"]
     ring = [g for g in results["goals"] if g.get("group", "ring") == "ring"]
     socket_api = [g for g in results["goals"] if g.get("group") == "socket"]
-    if not ring and not socket_api:
+    if not ring and not socket_api and not results.get("tokens", {}).get("goals"):
         return ["## Goals", "", "No ring transport was measured, so no goal is judged.", ""]
     lines = ["## Goals", "",
              "Judged on this run's medians (the p99 for the one-core goal). A ratio says "
@@ -291,6 +292,13 @@ def _goals_section(results: dict) -> list[str]:
                   *_table(header, _goal_rows(socket_api, labels)), ""]
         if any(g["value"] is None for g in socket_api):
             lines += [_not_measured_note(results), ""]
+    token_goals = results.get("tokens", {}).get("goals", [])
+    if token_goals:
+        met = sum(1 for g in token_goals if g["passed"])
+        judged = sum(1 for g in token_goals if g["passed"] is not None)
+        lines += ["### Token sharing (`impl.token`, issue 4)", "",
+                  f"{met} of {len(token_goals)} goals met ({len(token_goals) - judged} not "
+                  "measured); the table is in [Tokens](#tokens-sharing-a-socket).", ""]
     return lines
 
 
@@ -484,6 +492,170 @@ def _socket_section(results: dict) -> list[str]:
     return lines
 
 
+def _ns(x: float) -> str:
+    """Nanoseconds as microseconds with three significant digits."""
+    return _us(x / 1000)
+
+
+def _token_goal_rows(goals: list[dict]) -> list[tuple[str, ...]]:
+    rows = []
+    for g in goals:
+        if g["value"] is None:
+            shown, verdict = "not measured", "-"
+        else:
+            shown = f"{g['value']:.3f}" if g["lower_is_better"] else _ratio(g["value"])
+            verdict = "**met**" if g["passed"] else "**missed**"
+        rows.append((g["what"], g["target"], shown, verdict))
+    return rows
+
+
+def _token_method(tok: dict, results: dict) -> list[str]:
+    """The bullets that say how the token benchmarks were run."""
+    s = results["settings"]
+    threads = tok["threads"]
+    return [
+        f"- **Single owner.** The round trip and streaming loops above, on an "
+        "`impl.socket` connection as every program gets it (token checks on: each ring "
+        "call takes and leaves its token with one CAS each) and on one whose token checks "
+        "are switched off on both endpoints of both ends (`tok_off = 0`, no `Token`; a "
+        "private switch for this comparison only). The two run as pairs, "
+        f"{tok['single']['pairs']} of them, the order alternating (on then off, off then "
+        "on, ...); each pair gives one ratio *with ÷ without* of the time per operation "
+        "(the round trip's median; elapsed time per streamed message), and the goal "
+        f"judges the median ratio. Round trips: up to {s['token_rtt_iterations']:,} per "
+        f"run (at most {s['token_rtt_budget']:g} s); streams last about "
+        f"{s['token_stream_seconds']:g} s.",
+        f"- **{threads} threads on one socket.** *Send:* {threads} threads of the parent "
+        "call `sendall` with whole frames on one connected socket; the child reads and "
+        "checks every frame (sender id and sequence number at both ends: whole, in order "
+        f"per sender). *Receive:* the child writes numbered frames; {threads} threads of "
+        "the parent each call `recv_into(buf, n, MSG_WAITALL)` for one frame at a time "
+        "and check it is whole and later than their last; the sum of all sequence "
+        "numbers shows none was lost or read twice. The same code runs over "
+        "`impl.socket` (rings, through the monitor) and over kernel TCP loopback "
+        f"(`TCP_NODELAY`). {s['shared_warmup']:,} untimed frames per thread set the pace; "
+        f"a timed run lasts about {s['shared_seconds']:g} s (at least "
+        f"{s['shared_min_count']:,} frames per thread), from the threads' start to the "
+        "child's acknowledgement (send) or the last thread's end (receive). A bad frame "
+        "over rings fails the run; over TCP bad frames are counted, since Linux does "
+        "not keep a `send` or a `MSG_WAITALL` receive whole among threads sharing a "
+        f"socket once it has to wait. {s['repeats']} repeats, rings and TCP interleaved; "
+        "the median of the repeats is shown.",
+        "- **Takeover.** An 8-byte `sendall` is timed (`perf_counter_ns` around the call) "
+        "when the socket's last user was the same thread (the fast path, "
+        f"{s['takeover_fast']:,} sends in a row), another thread of the same process (two "
+        f"threads take turns, {s['takeover_thread']:,} turns each), or another process: a "
+        f"process and its fork child take turns ({s['takeover_process']:,} each), so every "
+        "send of the child takes the token from the parent through the monitor (TAKE, "
+        "RECALL to the parent's agent, RELEASE, GRANT to the child's agent) and every send "
+        "of the parent takes it back. The turn is passed outside the timed call (a lock "
+        f"between threads, a pipe between processes); the first {s['takeover_warmup']} "
+        "sends of each sender are dropped. The senders run on the child's CPU (a fork "
+        "child inherits it), the parent drains the connection. TCP shared the same way "
+        "shows what a kernel send costs from any thread or process; it has no takeover.",
+    ]
+
+
+def _single_rows(tok: dict) -> list[list[str]]:
+    rows = []
+    labels = tok["single"]["labels"]
+    for key, r in tok["single"]["cases"].items():
+        rows.append([labels.get(key, key), f"{r['ratio']:.3f}",
+                     f"{min(r['ratios']):.3f}–{max(r['ratios']):.3f}", str(r["pairs"]),
+                     _ns(min(r["on_ns"])), _ns(min(r["off_ns"]))])
+    return rows
+
+
+def _run_range(tok: dict) -> str:
+    """' (the round trips' medians ranged 2.4-4.5 µs over the runs)', or '' if not measured."""
+    rtt = tok["single"]["cases"].get("rtt")
+    if rtt is None:
+        return ""
+    runs = rtt["on_ns"] + rtt["off_ns"]
+    return (f" (the round trips' medians ranged {_ns(min(runs))}–{_ns(max(runs))} µs "
+            "over the runs)")
+
+
+def _shared_rows(tok: dict) -> list[list[str]]:
+    rows = []
+    rates = tok["shared"]["rates"]
+    for case in tok["shared"]["cases"]:
+        r = rates.get(case["key"])
+        if r is None:
+            continue
+        ring, tcp = r["ring"], r["tcp"]
+        rows.append([case["label"], _rate(ring["msgs_per_s"]), _rate(tcp["msgs_per_s"]),
+                     _ratio(r["ratio"]), _spread(ring["repeat_msgs_per_s"], _rate),
+                     _spread(tcp["repeat_msgs_per_s"], _rate),
+                     f"{tcp['bad_frames']:,} of {sum(tcp['counts']):,}"])
+    return rows
+
+
+def _takeover_rows(tok: dict) -> list[list[str]]:
+    latency = tok["takeover"]["latency"]
+    rows = []
+    for case in tok["takeover"]["cases"]:
+        r = latency.get(case["key"])
+        if r is None:
+            continue
+        fast = latency.get(f"fast-{case['kind']}")
+        times = "-" if fast is None else _ratio(r["median_us"] / fast["median_us"])
+        rows.append([case["label"], _us(r["median_us"]), _us(r["p99_us"]), _us(r["p999_us"]),
+                     _spread(r["repeat_median_us"], _us), f"{r['samples']:,}", times])
+    return rows
+
+
+def _tokens_section(results: dict) -> list[str]:
+    """Issue 4: what the tokens cost a single owner, shared-socket rates, takeover latency."""
+    tok = results.get("tokens") or {}
+    if not tok:
+        why = results["skipped"].get("tokens")
+        return ["## Tokens: sharing a socket", "", f"Not measured: {why}.", ""] if why else []
+    lines = ["## Tokens: sharing a socket", "",
+             f"![Tokens: single owner, {tok['threads']} threads on one socket, takeover]"
+             f"({TOKENS_PNG})", "",
+             "Issue 4: every ring socket end has a send and a receive token "
+             "([tokens.md](tokens.md)). These runs measure what the tokens cost the single "
+             "owner, what sharing one socket among threads gets against kernel TCP shared "
+             f"the same way, and what a takeover costs. The token part took "
+             f"{tok['duration_s']} s of the run.", "",
+             *_token_method(tok, results), "",
+             "### Goals", "",
+             *_table(["goal", "target", "measured", "result"],
+                     _token_goal_rows(tok["goals"])), ""]
+    failed = {k: v for k, v in results["failed"].items() if k.startswith("tokens-")}
+    if failed:
+        lines += ["Failed and left out: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())
+                  + ".", ""]
+    if tok["single"]["cases"]:
+        lines += ["### Single owner: token checks on against off", "",
+                  "The ratio is the median of the pairs' ratios of the time per operation "
+                  "(with ÷ without; at most 1.05 is within 5%). The last two columns give "
+                  "the fastest run of each variant for scale: from run to run the time "
+                  f"per operation moves more than the tokens cost{_run_range(tok)}, and "
+                  "the two runs of a pair mostly move together, which is why pairs are "
+                  "compared.", "",
+                  *_table(["operation", "ratio", "ratios of the pairs", "pairs",
+                           "fastest run with tokens µs", "fastest without µs"],
+                          _single_rows(tok)), ""]
+    if tok["shared"]["rates"]:
+        lines += [f"### {tok['threads']} threads sharing one socket", "",
+                  "Frames per second (median of the repeats, lowest to highest in the spread "
+                  "columns). The last column counts the frames TCP delivered torn or out of "
+                  "order (none over rings, or the run would have failed).", "",
+                  *_table(["case", "impl.socket (rings)", "TCP loopback", "× TCP",
+                           "spread, rings", "spread, TCP", "bad frames over TCP"],
+                          _shared_rows(tok)), ""]
+    if tok["takeover"]["latency"]:
+        lines += ["### Takeover latency: an 8-byte sendall", "",
+                  "The last column is this median over the fast path's (the same thread "
+                  "again) on the same kind of connection.", "",
+                  *_table(["last user of the socket", "median µs", "p99 µs", "p99.9 µs",
+                           "spread of medians µs", "samples", "× fast path"],
+                          _takeover_rows(tok)), ""]
+    return lines
+
+
 def _left_out_section(results: dict) -> list[str]:
     lines = []
     for key, reason in results["skipped"].items():
@@ -502,13 +674,13 @@ def render_markdown(results: dict) -> str:
     ]
     for section in (_goals_section, _machine_section, _method_section, _latency_section,
                     _throughput_section, _one_core_section, _socket_section,
-                    _left_out_section):
+                    _tokens_section, _left_out_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write bench.json, bench.md and the two figures under *out_dir*; return their paths."""
+    """Write bench.json, bench.md and the figures under *out_dir*; return their paths."""
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
     paths = {
@@ -517,10 +689,12 @@ def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
         "latency_png": out / LATENCY_PNG,
         "throughput_png": out / THROUGHPUT_PNG,
         "socket_png": out / SOCKET_PNG,
+        "tokens_png": out / TOKENS_PNG,
     }
     paths["json"].write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
     plots.latency_figure(results, paths["latency_png"])
     plots.throughput_figure(results, paths["throughput_png"])
     plots.socket_figure(results, paths["socket_png"])
+    plots.tokens_figure(results, paths["tokens_png"])
     paths["markdown"].write_text(render_markdown(results))
     return paths

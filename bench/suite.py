@@ -10,30 +10,36 @@ Besides the rings themselves, the run measures the socket API
 (:mod:`bench.sockets`): ``impl.socket`` connections set up by a private
 monitor take part in the round-trip and streaming loops as one more
 transport, and two measurements of their own follow in every repeat:
-connection set-up rate and an asyncio echo ping-pong.
+connection set-up rate and an asyncio echo ping-pong.  Last come the
+token benchmarks of issue 4 (:mod:`bench.tokens`) through the same monitor:
+the single owner with and without token checks, four threads sharing one
+socket against kernel TCP shared alike, and takeover latency.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import functools
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 
-from bench import machine, sockets
+from bench import machine, sockets, tokens
 from bench.measure import Placement, round_trips, stream
 from bench.sockets import ASYNCIO_RING_SELECTOR, SOCKET_KEY
+from bench.stats import percentile
+from bench.stats import summarise_latency as _summarise_rtt
 from bench.transports import Transport, available_transports, ring_settings
 
-__all__ = ["GOALS", "SIZES", "SOCKET_GOALS", "Settings", "all_transports", "evaluate_goals",
-           "percentile", "run_suite"]
+__all__ = ["GOALS", "SIZES", "SOCKET_GOALS", "TOKENS_KEY", "Settings", "all_transports",
+           "evaluate_goals", "percentile", "run_suite"]
 
 #: Streaming message sizes: 64 B, 1 KiB, 16 KiB, 256 KiB.
 SIZES = (64, 1024, 16 * 1024, 256 * 1024)
+#: The --only key of the token benchmarks (bench.tokens).
+TOKENS_KEY = "tokens"
 
 # The kernel transports the one-core runs compare the ring with.
 _ONE_CORE_KERNEL = ("unix", "pipe")
@@ -61,6 +67,19 @@ class Settings:
     asyncio_warmup: int = 1_000
     asyncio_iterations: int = 30_000
     asyncio_budget: float = 2.0  # seconds of asyncio round trips per run, at most
+    # The token benchmarks (bench.tokens, issue 4).
+    token_pairs: int = 8  # single owner: (on, off) pairs, alternating in order
+    token_rtt_iterations: int = 20_000
+    token_rtt_budget: float = 0.5  # seconds of round trips per single-owner run, at most
+    token_stream_seconds: float = 0.25  # a single-owner streaming run lasts about this long
+    shared_warmup: int = 2_000  # untimed frames per thread in a shared-socket run ...
+    shared_seconds: float = 0.5  # ... whose pace sets a timed run of about this long ...
+    shared_min_count: int = 200  # ... within these bounds (frames per thread)
+    shared_max_count: int = 1_000_000
+    takeover_warmup: int = 20  # untimed sends of each sender in a takeover run
+    takeover_fast: int = 5_000  # timed fast-path sends (the same thread again)
+    takeover_thread: int = 2_000  # timed turns of each of two threads
+    takeover_process: int = 300  # timed turns of each of two processes
     deadline: float = 120.0  # seconds any single measurement may take
     pin: str = "auto"
     only: tuple[str, ...] = field(default=())  # transport keys to run; empty: all
@@ -84,6 +103,21 @@ class Settings:
             raise ValueError(f"setup_seconds must be in (0, 60], got {self.setup_seconds}")
         if self.asyncio_warmup < 0 or self.asyncio_iterations < 1:
             raise ValueError("need asyncio_warmup >= 0 and asyncio_iterations >= 1")
+        self._check_token_settings()
+
+    def _check_token_settings(self) -> None:
+        """Reject token-benchmark settings that cannot produce a measurement."""
+        if self.token_pairs < 1 or self.token_rtt_iterations < 1:
+            raise ValueError("need token_pairs >= 1 and token_rtt_iterations >= 1")
+        if not 0 < self.token_stream_seconds <= 60 or not 0 < self.shared_seconds <= 60:
+            raise ValueError("token_stream_seconds and shared_seconds must be in (0, 60]")
+        if self.shared_warmup < 1 or not 1 <= self.shared_min_count <= self.shared_max_count:
+            raise ValueError("need shared_warmup >= 1 and 1 <= shared_min_count <= "
+                             "shared_max_count")
+        if self.takeover_warmup < 0 or min(self.takeover_fast, self.takeover_thread,
+                                           self.takeover_process) < 1:
+            raise ValueError("need takeover_warmup >= 0 and takeover_fast, takeover_thread, "
+                             "takeover_process >= 1")
 
     @classmethod
     def quick(cls) -> Settings:
@@ -93,40 +127,18 @@ class Settings:
                    stream_seconds=0.05, stream_min_count=20, stream_warmup_bytes=1 << 20,
                    setup_warmup=30, setup_seconds=0.1, setup_min_count=20,
                    asyncio_warmup=100, asyncio_iterations=2_000, asyncio_budget=0.3,
-                   deadline=60.0)
+                   token_pairs=2, token_rtt_iterations=2_000, token_rtt_budget=0.2,
+                   token_stream_seconds=0.05, shared_warmup=300, shared_seconds=0.05,
+                   shared_min_count=50, takeover_warmup=5, takeover_fast=500,
+                   takeover_thread=200, takeover_process=50, deadline=60.0)
+
+    def runs_tokens(self) -> bool:
+        """Whether the token benchmarks are part of the run (--only names them, or all)."""
+        return not self.only or TOKENS_KEY in self.only
 
     def stream_warmup(self, size: int) -> int:
         """Return how many untimed messages of *size* bytes go first."""
         return max(20, min(20_000, self.stream_warmup_bytes // size))
-
-
-def percentile(ordered: Sequence[int], q: float) -> int:
-    """Return the *q*-th percentile (nearest rank) of the sorted samples *ordered*."""
-    if not ordered:
-        raise ValueError("percentile of no samples")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be in [0, 100], got {q}")
-    # Exact arithmetic: in floats 99.9 / 100 * 1000 is 999.0000000000001, one rank too far.
-    rank = max(1, math.ceil(Fraction(str(q)) * len(ordered) / 100))
-    return ordered[rank - 1]
-
-
-def _summarise_rtt(runs: list[list[int]]) -> dict[str, object]:
-    """Pool the round-trip samples of all repeats; keep each repeat's median and p99."""
-    pooled = sorted(s for run in runs for s in run)
-    per_run = [sorted(run) for run in runs]
-    us = 1e-3
-    return {
-        "samples": len(pooled),
-        "median_us": percentile(pooled, 50) * us,
-        "p99_us": percentile(pooled, 99) * us,
-        "p999_us": percentile(pooled, 99.9) * us,
-        "min_us": pooled[0] * us,
-        "max_us": pooled[-1] * us,
-        "mean_us": sum(pooled) / len(pooled) * us,
-        "repeat_median_us": [percentile(r, 50) * us for r in per_run],
-        "repeat_p99_us": [percentile(r, 99) * us for r in per_run],
-    }
 
 
 def _summarise_stream(size: int, runs: list[tuple[int, int]]) -> dict[str, object]:
@@ -312,20 +324,29 @@ def run_suite(settings: Settings | None = None,
     transports, skipped = all_transports()
     if settings.only:
         transports = [t for t in transports if t.key in settings.only]
+    # The token benchmarks share sockets through impl.socket: they need it too.
+    token_part = settings.runs_tokens()
+    if token_part and SOCKET_KEY in skipped:
+        skipped[TOKENS_KEY] = skipped[SOCKET_KEY]
+        token_part = False
     with contextlib.ExitStack() as stack:
         monitor = None
-        if any(t.key == SOCKET_KEY for t in transports):
+        if token_part or any(t.key == SOCKET_KEY for t in transports):
             try:
                 monitor = stack.enter_context(sockets.private_monitor())
             except sockets.MonitorUnavailable as exc:
                 # No monitor, no socket API: the rest of the run still means something.
                 skipped[SOCKET_KEY] = str(exc)
                 transports = [t for t in transports if t.key != SOCKET_KEY]
-        return _run(settings, transports, skipped, monitor, log)
+                if token_part:
+                    skipped[TOKENS_KEY] = str(exc)
+                    token_part = False
+        return _run(settings, transports, skipped, monitor, log, token_part)
 
 
 def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str],
-         monitor: sockets.MonitorHandle | None, log: Callable[[str], None]) -> dict[str, object]:
+         monitor: sockets.MonitorHandle | None, log: Callable[[str], None],
+         token_part: bool = False) -> dict[str, object]:
     """The run proper, with the monitor (if any) already started."""
     started = time.monotonic()
     info = machine.machine_info()
@@ -377,10 +398,15 @@ def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str
                 one_runs[t.key].append(got)
         _socket_api_repeat(rep, s, two, cases, variants, setup_runs, asyncio_runs, runner)
 
+    token_results = {}
+    if token_part:
+        token_results = tokens.run_tokens(s, two, functools.partial(_attempt_named, runner),
+                                          log)
+
     # A transport that failed once is reported as failed, not with partial data.
     ok = [t for t in transports if t.key not in runner.failed]
     results: dict[str, object] = {
-        "schema": 2,
+        "schema": 3,
         "machine": info,
         "settings": asdict(s),
         "pinning": plan.as_dict(),
@@ -412,12 +438,18 @@ def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str
             "latency": {v.key: _summarise_rtt(asyncio_runs[v.key]) for v in variants
                         if v.key not in runner.failed},
         },
+        "tokens": token_results,
         "monitor": _monitor_counters(monitor),
     }
     results["goals"] = evaluate_goals(results)
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     results["duration_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def _attempt_named(runner: _Runner, key: str, what: str, run: Callable[[], object]) -> object:
+    """runner.attempt for a measurement that has a key but no transport (bench.tokens)."""
+    return runner.attempt(_as_transport(key, key, "ring"), what, run)
 
 
 def _socket_api_repeat(rep: int, s: Settings, two: Placement, cases: list, variants: list,
