@@ -497,11 +497,15 @@ def _write_step_module(
         f"---------------------------- MODULE {name} ----------------------------",
         f"EXTENDS {module}, Naturals, Sequences, TLC",
     ]
-    lines += [f"XConst_{c} == {to_tla(value)}" for c, value in constants.items()]
+    # Model values are assigned in the .cfg, as in XTrace: "XConst_X == X"
+    # would define the constant by itself (TLC overflows its stack on it).
+    lines += [f"XConst_{c} == {to_tla(value)}" for c, value in constants.items()
+              if not isinstance(value, ModelValue)]
     lines += ["XInit ==", *(f"    /\\ {v} = {to_tla(start[v])}" for v in variables)]
     lines += [f"XNext == {next_formula}", 'XOneStep == TLCGet("level") < 2', "=" * 72, ""]
     (out / f"{name}.tla").write_text("\n".join(lines), encoding="utf-8")
-    cfg = ["CONSTANTS", *(f"    {c} <- XConst_{c}" for c in constants)]
+    cfg = ["CONSTANTS", *(f"    {c} = {value}" if isinstance(value, ModelValue)
+                          else f"    {c} <- XConst_{c}" for c, value in constants.items())]
     cfg += ["INIT XInit", "NEXT XNext", "CONSTRAINT XOneStep", ""]
     (out / f"{name}.cfg").write_text("\n".join(cfg), encoding="utf-8")
 

@@ -222,3 +222,23 @@ def test_thousand_traces_of_fifty_steps(record_property) -> None:
     record_property("tlc_seconds", round(res.seconds, 1))
     record_property("total_seconds", round(total, 1))
     print(f"1,000 traces x 50 steps: TLC {res.seconds:.1f} s, with generation {total:.1f} s")
+
+
+@needs_tlc
+def test_a_rejection_is_explained_for_a_spec_with_model_value_constants() -> None:
+    """Connect has a model-value constant (None): the one-step explanation runs must
+    assign it in their .cfg, not define it by itself (TLC overflowed its stack)."""
+    from spec import connect as cm
+    consts = cm.constants_of(SPEC_DIR / "MCConnectSmall.cfg")
+    k = cm.Params.from_constants(consts)
+    s0 = cm.init_states(k)[0]
+    lab, s1 = next((lab, s) for lab, s in cm.next_states(k, s0) if lab.name == "Listen")
+    good = cm.to_tla_state(k, s1)
+    bad = dict(good, nextId=good["nextId"] + 5)
+    trace = [Event("Init", (), cm.to_tla_state(k, s0)), Event(lab.name, lab.params, bad)]
+    res = check_traces(SPEC_DIR, "Connect", consts, [trace],
+                       action_formula=lambda name: "Listen(p[1], p[2])", timeout=TIMEOUT)
+    assert not res.ok
+    f = res.failure
+    assert (f.step, f.action) == (1, "Listen")
+    assert len(f.successors) == 1 and set(f.diff) == {"nextId"}, str(f)
