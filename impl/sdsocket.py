@@ -39,6 +39,7 @@ import struct
 import time
 import warnings
 import weakref
+from contextlib import nullcontext
 from socket import (
     AF_INET,
     AF_INET6,
@@ -251,7 +252,8 @@ class _RingConn:
         for tok in self.tokens():
             if tok is not None:
                 tok.close()
-        if self._last_holder():
+        last = self._last_holder()
+        if last:
             # Connect.tla!Close: the peer sees EOF on what we wrote and EPIPE on writes.
             self.writer.close()
             self.reader.close()
@@ -259,7 +261,7 @@ class _RingConn:
         self.rx.close()
         if self.shadow is not None:
             self.shadow.close()
-        self._tell_monitor()
+        self._tell_monitor(shared=not last)
 
     def _last_holder(self) -> bool:
         """Is this process the last one holding this end (it was inherited by fork)?
@@ -283,15 +285,23 @@ class _RingConn:
         finally:
             os.close(r)
 
-    def _tell_monitor(self) -> None:
-        """Connect.tla!Close: one-way CLOSE, only to the monitor that set this up."""
+    def _tell_monitor(self, shared: bool = False) -> None:
+        """Connect.tla!Close: one-way CLOSE, only to the monitor that set this up.
+
+        *shared*: other processes still hold this end (fork children; the
+        kernel counts them), so the monitor keeps it open for those that
+        have not said FORKED yet.
+        """
         if self.cid is None:
             return
         chan = _client.current()
         # A restarted monitor never knew this connection, and nothing keeps
         # its ids apart from the old one's: a stale CLOSE could name one of its.
         if chan is not None and _monitor_of(chan) == self.monitor:
-            chan.notify(P.CLOSE, {"id": self.cid, "end": self.end})
+            body = {"id": self.cid, "end": self.end}
+            if shared:
+                body["shared"] = True
+            chan.notify(P.CLOSE, body)
 
 
 def _before_fork() -> None:
@@ -938,15 +948,7 @@ class socket(_stdsocket.socket):
             if timeout is None:
                 writer.send_all(data)
                 return memoryview(data).nbytes
-            start = writer.tail
-            try:
-                writer.send_all(data, timeout)
-            except TimeoutError:
-                sent = writer.tail - start
-                if sent:
-                    return sent
-                raise TimeoutError("timed out") from None
-            return memoryview(data).nbytes
+            return self._send_timed(writer, data, timeout)
         except BrokenPipeError:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
 
@@ -978,6 +980,29 @@ class socket(_stdsocket.socket):
         except BrokenPipeError:
             raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
         return None
+
+    @staticmethod
+    def _send_timed(writer, data, timeout: float) -> int:
+        """send() with a timeout: what was written when it ran out, or TimeoutError.
+
+        The tail moves for every sender of this end, so the count is taken
+        while this call holds the send token: the bytes between are its own.
+        """
+        deadline = time.monotonic() + timeout
+        hold = writer.token.hold(timeout) if writer.token is not None else nullcontext()
+        try:
+            with hold:
+                start = writer.tail
+                try:
+                    writer.send_all(data, max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    sent = writer.tail - start
+                    if sent:
+                        return sent
+                    raise
+        except TimeoutError:
+            raise TimeoutError("timed out") from None
+        return memoryview(data).nbytes
 
     @staticmethod
     def _write_all_now(writer, data) -> None:

@@ -42,6 +42,8 @@ LISTEN         library, listener channel  register a listener; fds: the kernel
 NEWCONN        monitor, listener channel  -> a connection to accept (+6 ring fds)
 ACCEPTED       library, listener channel  -> the listener took connection ``id``
 CLOSE          library, process channel   -> this process closed connection ``id``
+                                          {id, end?, shared?}; shared: fork
+                                          children still hold the end
 PING           anyone                     -> OK (orders: earlier one-way messages
                                           on the same channel are processed)
 STATUS, STATS  ctl                        -> OK {tables and counters}
@@ -175,7 +177,7 @@ _OPEN_SCHEMA = frozenset({OK})
 #: op -> {field: allowed types} of fields that may be left out.  CLOSE's
 #: "end" ("client" or "server") says which end a process closes when it holds
 #: both ends of one connection (it connected to its own listener).
-OPTIONAL: dict[int, dict[str, tuple[type, ...]]] = {CLOSE: {"end": _STR}}
+OPTIONAL: dict[int, dict[str, tuple[type, ...]]] = {CLOSE: {"end": _STR, "shared": _BOOL}}
 #: op -> {field: the values it may take}, for string fields that name one of a few things.
 CHOICES: dict[int, dict[str, frozenset[str]]] = {
     op: {"end": frozenset(ENDS), "dir": frozenset(DIRS)} for op in TOKEN_OPS}

@@ -148,10 +148,15 @@ class Conn:
     pids: set[int] = field(init=False)
     #: (end, dir) -> its row of the token table, made on first use
     tokens: dict[tuple[str, str], Token] = field(default_factory=dict)
+    #: end -> pids that closed their copy while a fork child not yet
+    #: registered still held it (CLOSE "shared"): such a child may still say
+    #: FORKED with one of them as its parent
+    lent: dict[str, set[int]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.holders = {"client": {self.client}, "server": {self.server}}
         self.pids = {self.client, self.server}
+        self.lent = {"client": set(), "server": set()}
 
     def origin(self, end: str) -> int:
         """The pid that made *end*: the connecting process or the listener's owner."""
@@ -884,9 +889,13 @@ class Monitor:
                         end)
             return
         pid = chan.pid
+        # Other processes still hold the end, by the kernel's count; maybe a
+        # fork child whose FORKED has not come yet (ForkingMixIn closes the
+        # parent's copy right after fork): the end must wait for it.
+        shared = msg.body.get("shared") is True
         # A holder's copy of an end: the end itself closes with its last holder.
         if pid in conn.holders["client"] and end != "server":
-            self._leave_end(conn, "client", pid, dead=False)
+            self._leave_end(conn, "client", pid, dead=False, shared=shared)
         elif pid in conn.holders["server"] and end != "client":
             if conn.sstate == "queued":
                 # Accepted and closed, and this CLOSE (process channel) overtook
@@ -894,17 +903,19 @@ class Monitor:
                 self._dequeue(conn)
                 self.counters["accepted"] += 1
                 conn.sstate = "open"
-            self._leave_end(conn, "server", pid, dead=False)
+            self._leave_end(conn, "server", pid, dead=False, shared=shared)
         elif pid not in conn.pids:
             log.warning("pid %d tried to close connection %d of pids %d and %d",
                         chan.pid, conn.id, conn.client, conn.server)
 
-    def _leave_end(self, conn: Conn, end: str, pid: int, *, dead: bool) -> None:
+    def _leave_end(self, conn: Conn, end: str, pid: int, *, dead: bool,
+                   shared: bool = False) -> None:
         """Process *pid* no longer holds *end* of *conn*: it closed its copy or died.
 
         Its tokens of that end are reclaimed (and its place in their queues
         given up); the end closes when its last holder is gone -- its ring
-        ends closed on its behalf if that holder died.
+        ends closed on its behalf if that holder died -- unless *shared*: the
+        closer knows of other holders (fork children yet to say FORKED).
         """
         holders = conn.holders[end]
         if pid not in holders:
@@ -916,7 +927,9 @@ class Monitor:
                 self._token(conn, end, d)
         holders.discard(pid)
         self._reclaim(conn, end, pid)
-        if not holders:
+        if shared:
+            conn.lent[end].add(pid)
+        elif not holders:
             self._close_side(conn, end, dead=dead)
 
     def _dequeue(self, conn: Conn) -> None:
@@ -995,7 +1008,8 @@ class Monitor:
         ends = []
         for cid, end in raw:
             conn = self.conns.get(cid)
-            if conn is None or parent not in conn.holders[end]:
+            if conn is None or (parent not in conn.holders[end]
+                                and parent not in conn.lent[end]):
                 raise _Refused(errno.EPERM, f"pid {parent} does not hold the {end} end of "
                                f"connection {_quote(cid)}")
             ends.append((conn, end))
