@@ -32,6 +32,9 @@ class CheckedConfig:
     ``"property"``, ``"invariant"``, ...).  *in_make_test* puts it in the
     quick set (``make test``, ``python -m spec.modelcheck --quick``); the
     others are too slow for that and run in ``make modelcheck`` only.
+    *deadlock* False turns TLC's deadlock check off, for a known-bad variant
+    whose starving process is also a deadlock of the finite model, so that
+    the temporal property it breaks is what TLC reports, every run.
     """
 
     spec_dir: Path
@@ -40,6 +43,7 @@ class CheckedConfig:
     expect: str
     in_make_test: bool
     note: str
+    deadlock: bool = True
 
     def __post_init__(self) -> None:
         if self.expect != "ok" and self.expect not in KINDS:
@@ -64,10 +68,11 @@ class CheckedConfig:
     def run(self, **kwargs: Any) -> TLCResult:
         """Run TLC on this model; *kwargs* go to :func:`spec.tlc.run_tlc`.
 
-        The deadlock check stays on (the default): the specs here end in an
-        explicit stuttering ``Done`` step, so a state without successors is
-        a real deadlock.
+        The deadlock check stays on unless *deadlock* is False: the specs
+        here end in an explicit stuttering ``Done`` step, so a state without
+        successors is a real deadlock.
         """
+        kwargs.setdefault("deadlock", self.deadlock)
         return run_tlc(self.spec_dir, self.module, self.config, **kwargs)
 
 
@@ -127,6 +132,36 @@ CONFIGS: tuple[CheckedConfig, ...] = (
     CheckedConfig(
         TLA_DIR, "MCConnect", "MCConnectBadAcl.cfg", "property", True,
         "Connect with the ACL checked on the ring path only: a kernel bypass (NoBypass)",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharing.cfg", "ok", False,
+        "TokenSharing, exhaustive safety: 3 processes, 4 threads, both tokens, 2 mortal",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharingLiveness.cfg", "ok", False,
+        "TokenSharing, liveness: 3 processes, 4 threads, the send token, 2 mortal",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharingSmall.cfg", "ok", True,
+        "TokenSharing, small: every action fires, both tokens, the creator mortal",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharingBadBusy.cfg", "invariant", True,
+        "TokenSharing with Take/Release not waiting for busy: two in the ring",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharingBadRecall.cfg", "property", True,
+        "TokenSharing without the new holder's RECALL: a process starves",
+        deadlock=False,
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharingBadReclaim.cfg", "invariant", True,
+        "TokenSharing with Reclaim dropping the queue: a request lost (RequestsKept)",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCTokenSharing", "MCTokenSharingBadReclaimLiveness.cfg", "property", True,
+        "TokenSharing with Reclaim dropping the queue, liveness only: never granted",
+        deadlock=False,
     ),
 )
 
