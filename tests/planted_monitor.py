@@ -1,4 +1,4 @@
-"""A monitor with one planted bug, for proving that the Connect machine catches it.
+"""A monitor with one planted bug, for proving that a machine (Connect, tokens) catches it.
 
 ``python -m tests.planted_monitor BUG [impl.monitor options]`` runs the real
 monitor (``impl.monitor.__main__.main``) with one method of
@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 
 from impl.monitor import __main__ as monitor_main
+from impl.monitor import protocol as P
 from impl.monitor.server import Monitor
 
 
@@ -49,10 +50,25 @@ def _no_backlog() -> None:
     _patch("_on_connect", _on_connect)
 
 
+def _reclaim_forgets_queue() -> None:
+    """TokenSharing!Reclaim with KeepQueue off: a dead holder's token is freed, not
+    passed to the first process queued -- whose request is lost."""
+    orig = Monitor._reclaim
+
+    def _reclaim(self, conn, end, pid):
+        for d in P.DIRS:
+            tok = conn.tokens.get((end, d))
+            if tok is not None and tok.holder == pid:
+                tok.queue.clear()
+        orig(self, conn, end, pid)
+    _patch("_reclaim", _reclaim)
+
+
 BUGS = {
     "unlisten-forgets-queue": _unlisten_forgets_queue,
     "accepted-ignored": _accepted_ignored,
     "no-backlog": _no_backlog,
+    "reclaim-forgets-queue": _reclaim_forgets_queue,
 }
 
 if __name__ == "__main__":
