@@ -15,7 +15,6 @@ reachable.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
@@ -23,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from spec import connect as m
-from spec.configs import CFG_SECTION
 from spec.statespace import StateGraph, explore
 from tests.gates import needs_tlc
+from tests.tlc_checks import reachability_copy
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "tla"
 SMALL, BAD, BAD_ACL = "MCConnectSmall", "MCConnectBad", "MCConnectBadAcl"
@@ -49,29 +48,6 @@ def graphs() -> dict[str, tuple[m.Params, StateGraph]]:
         k = params_of(name)
         out[name] = (k, graph_of(k))
     return out
-
-
-def reachability_copy(name: str, dest: Path, *, invariants: bool) -> str:
-    """Link the spec's modules into *dest* and write *name*.cfg there, reduced.
-
-    Without PROPERTIES always, and without INVARIANTS unless *invariants*:
-    neither changes the state graph, and leaving them out lets TLC explore
-    all of it in a bad config instead of stopping at the first violation.
-    """
-    for src in SPEC_DIR.glob("*.tla"):
-        os.symlink(src, dest / src.name)
-    kept, dropping = [], False
-    for raw in (SPEC_DIR / f"{name}.cfg").read_text().splitlines():
-        line = raw.split("\\*", 1)[0].rstrip()
-        sec = CFG_SECTION.match(line)
-        if sec:
-            dropping = sec.group(1) in ("PROPERTY", "PROPERTIES") or (
-                not invariants and sec.group(1).startswith("INVARIANT")
-            )
-        if not dropping:
-            kept.append(line)
-    (dest / f"{name}.cfg").write_text("\n".join(kept) + "\n")
-    return f"{name}.cfg"
 
 
 # --------------------------------------------------------------------------

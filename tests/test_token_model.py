@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 from spec import token as m
-from spec.configs import CFG_SECTION
 from spec.statespace import StateGraph, explore
 from spec.tracecheck import Event, check_traces
 from tests.gates import needs_tlc
+from tests.tlc_checks import reachability_copy
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "tla"
 SMALL = "MCTokenSharingSmall"
@@ -54,29 +54,6 @@ def graph_of(k: m.Params) -> StateGraph:
 def small() -> tuple[m.Params, StateGraph]:
     k = params_of(SMALL)
     return k, graph_of(k)
-
-
-def reachability_copy(name: str, dest: Path, *, invariants: bool) -> str:
-    """Link the spec's modules into *dest* and write *name*.cfg there, reduced.
-
-    Without PROPERTIES always, and without INVARIANTS unless *invariants*:
-    neither changes the state graph, and leaving them out lets TLC explore
-    all of it in a bad config instead of stopping at the first violation.
-    """
-    for src in SPEC_DIR.glob("*.tla"):
-        os.symlink(src, dest / src.name)
-    kept, dropping = [], False
-    for raw in (SPEC_DIR / f"{name}.cfg").read_text().splitlines():
-        line = raw.split("\\*", 1)[0].rstrip()
-        sec = CFG_SECTION.match(line)
-        if sec:
-            dropping = sec.group(1) in ("PROPERTY", "PROPERTIES") or (
-                not invariants and sec.group(1).startswith("INVARIANT")
-            )
-        if not dropping:
-            kept.append(line)
-    (dest / f"{name}.cfg").write_text("\n".join(kept) + "\n")
-    return f"{name}.cfg"
 
 
 # --------------------------------------------------------------------------

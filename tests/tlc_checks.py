@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 
 from spec import tlc
-from spec.configs import CheckedConfig, outcome
+from spec.configs import CFG_SECTION, TLA_DIR, CheckedConfig, outcome
 
-__all__ = ["result_of", "assert_meets_expectation", "assert_every_action_fires"]
+__all__ = ["result_of", "assert_meets_expectation", "assert_every_action_fires",
+           "reachability_copy"]
 
 _results: dict[str, tlc.TLCResult] = {}
 
@@ -45,3 +48,26 @@ def assert_every_action_fires(r: tlc.TLCResult, actions: Iterable[str],
             assert distinct > 0, f"{action} never found a new state: {r.coverage}"
     # Every distinct state was found by the initial predicate or one action.
     assert sum(d for d, _ in r.coverage.values()) == r.distinct_states
+
+
+def reachability_copy(name: str, dest: Path, *, invariants: bool) -> str:
+    """Link the spec's modules into *dest* and write *name*.cfg there, reduced.
+
+    Without PROPERTIES always, and without INVARIANTS unless *invariants*:
+    neither changes the state graph, and leaving them out lets TLC explore
+    all of it in a bad config instead of stopping at the first violation.
+    """
+    for src in TLA_DIR.glob("*.tla"):
+        os.symlink(src, dest / src.name)
+    kept, dropping = [], False
+    for raw in (TLA_DIR / f"{name}.cfg").read_text().splitlines():
+        line = raw.split("\\*", 1)[0].rstrip()
+        sec = CFG_SECTION.match(line)
+        if sec:
+            dropping = sec.group(1) in ("PROPERTY", "PROPERTIES") or (
+                not invariants and sec.group(1).startswith("INVARIANT")
+            )
+        if not dropping:
+            kept.append(line)
+    (dest / f"{name}.cfg").write_text("\n".join(kept) + "\n")
+    return f"{name}.cfg"
