@@ -494,14 +494,16 @@ def _open_setup(kind: str) -> Channel:
         os.close(count_r)
         try:
             line = _read_line(addr_r, _SETUP_WAIT)
+            if not line:
+                raise EOFError("the server exited before it listened")
         except BaseException:
             os.close(count_w)
+            # No client will own the directory: remove it here (nothing
+            # else would, and each failed run left one behind in /tmp).
+            shutil.rmtree(where, ignore_errors=True)
             raise
         finally:
             os.close(addr_r)
-        if not line:
-            os.close(count_w)
-            raise EOFError("the server exited before it listened")
         address = json.loads(line)
         return _SetupClient(kind, tuple(address) if kind != "unix" else address,
                             count_w, where)

@@ -439,7 +439,8 @@ def Flag(par: Params, s: State, p: str, tok: str) -> State | None:
 def Take(par: Params, s: State, t: str, tok: str) -> State | None:
     """TokenSharing!Take(t, k): t, first in the queue of a holder, takes the word.
 
-    WANT goes up with it only when the agent waits behind t.  With ``WaitBusy`` False (a known-bad variant) it does not wait for busy.
+    WANT goes up with it only when the agent waits behind t.  With
+    ``WaitBusy`` False (a known-bad variant) it does not wait for busy.
     """
     i, j = par.thread(t), par.token(tok)
     p = par.proc(par.ProcOf[i])

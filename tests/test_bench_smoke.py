@@ -19,6 +19,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -449,10 +450,13 @@ def test_setup_without_a_monitor_is_an_error(tmp_path: Path) -> None:
     from tests.monitor_util import use_monitor
 
     case = next(c for c in sockets.setup_cases() if c.kind == "ring")
+    scratch = set(Path(tempfile.gettempdir()).glob("sdbench-setup-*"))
     with use_monitor(str(tmp_path / "no-monitor.sock")):
         with pytest.raises((OSError, EOFError)):
             sockets.setup_rate(case, measure.Placement(), warmup=2, target=0.01,
                                min_count=1, max_count=2, seconds=30.0)
+    # ... and leaves no scratch directory behind.
+    assert set(Path(tempfile.gettempdir()).glob("sdbench-setup-*")) <= scratch
 
 
 def test_private_monitor_restores_the_environment() -> None:
