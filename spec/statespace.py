@@ -19,12 +19,12 @@ hashable.  The counts are comparable with TLC's:
 
 from __future__ import annotations
 
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["StateGraph", "explore", "reachable"]
+__all__ = ["StateGraph", "can_reach", "explore", "reachable"]
 
 S = TypeVar("S", bound=Hashable)
 L = TypeVar("L")
@@ -117,3 +117,23 @@ def explore(
 def reachable(init: Iterable[S], next: NextFn, *, max_states: int | None = None) -> set[S]:
     """The set of states reachable from ``init`` (see :func:`explore`)."""
     return explore(init, next, max_states=max_states).states
+
+
+def can_reach(g: StateGraph[S, L], goal: Callable[[S], bool]) -> set[S]:
+    """The states of *g* from which some state satisfying *goal* is reachable.
+
+    A backward search over the graph's edges: the necessary condition of a
+    liveness goal (what is pending can always still be resolved).
+    """
+    back: dict[S, list[S]] = defaultdict(list)
+    for s, _, t in g.edges:
+        back[t].append(s)
+    found = {s for s in g.levels if goal(s)}
+    queue = deque(found)
+    while queue:
+        t = queue.popleft()
+        for s in back[t]:
+            if s not in found:
+                found.add(s)
+                queue.append(s)
+    return found

@@ -15,14 +15,13 @@ reachable.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from spec import connect as m
-from spec.statespace import StateGraph, explore
+from spec.statespace import StateGraph, can_reach, explore
 from tests.gates import needs_tlc
 from tests.tlc_checks import reachability_copy
 
@@ -305,22 +304,6 @@ def test_tla_state_round_trip(graphs) -> None:
 # Liveness, its necessary condition: what is pending can always be resolved
 
 
-def _can_reach(g: StateGraph, goal: Callable[[m.State], bool]) -> set[m.State]:
-    """The states from which some state satisfying *goal* is reachable."""
-    back: dict[m.State, list[m.State]] = defaultdict(list)
-    for s, _, t in g.edges:
-        back[t].append(s)
-    found = {s for s in g.levels if goal(s)}
-    queue = deque(found)
-    while queue:
-        t = queue.popleft()
-        for s in back[t]:
-            if s not in found:
-                found.add(s)
-                queue.append(s)
-    return found
-
-
 def _pending(k: m.Params) -> dict[str, tuple[Callable, Callable]]:
     """(pending, resolved) predicates, one pair per liveness goal and process or id."""
     out = {}
@@ -340,7 +323,7 @@ def _pending(k: m.Params) -> dict[str, tuple[Callable, Callable]]:
 def test_whatever_is_pending_can_be_resolved(graphs) -> None:
     k, g = graphs[SMALL]
     for what, (pending, resolved) in _pending(k).items():
-        can = _can_reach(g, resolved)
+        can = can_reach(g, resolved)
         stuck = [s for s in g.levels if pending(s) and s not in can]
         assert not stuck, (what, stuck[:2])
 
@@ -348,7 +331,7 @@ def test_whatever_is_pending_can_be_resolved(graphs) -> None:
 def test_bad_variant_strands_a_queued_conn(graphs) -> None:
     k, g = graphs[BAD]
     pending, resolved = _pending(k)["queued conn 1"]
-    can = _can_reach(g, resolved)
+    can = can_reach(g, resolved)
     stuck = [s for s in g.levels if pending(s) and s not in can]
     assert stuck
     for s in stuck:

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import os
 import random
-from collections import defaultdict, deque
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from spec import token as m
-from spec.statespace import StateGraph, explore
+from spec.statespace import StateGraph, can_reach, explore
 from spec.tracecheck import Event, check_traces
 from tests.gates import needs_tlc
 from tests.tlc_checks import reachability_copy
@@ -447,22 +446,6 @@ def test_invariant_predicates_agree_with_tlc(small, tmp_path: Path) -> None:
 # Liveness, its necessary condition: what is pending can always be resolved
 
 
-def _can_reach(g: StateGraph, goal: Callable[[m.State], bool]) -> set[m.State]:
-    """The states from which some state satisfying *goal* is reachable."""
-    back: dict[m.State, list[m.State]] = defaultdict(list)
-    for s, _, t in g.edges:
-        back[t].append(s)
-    found = {s for s in g.levels if goal(s)}
-    queue = deque(found)
-    while queue:
-        t = queue.popleft()
-        for s in back[t]:
-            if s not in found:
-                found.add(s)
-                queue.append(s)
-    return found
-
-
 def _pending(k: m.Params) -> dict[str, tuple[Callable, Callable]]:
     """(pending, resolved) predicates, one pair per liveness goal and thread, process, token.
 
@@ -487,7 +470,7 @@ def _pending(k: m.Params) -> dict[str, tuple[Callable, Callable]]:
 def test_whatever_is_pending_can_be_resolved(small) -> None:
     k, g = small
     for what, (pending, resolved) in _pending(k).items():
-        can = _can_reach(g, resolved)
+        can = can_reach(g, resolved)
         stuck = [s for s in g.levels if pending(s) and s not in can]
         assert not stuck, (what, stuck[:2])
 
@@ -500,7 +483,7 @@ def test_bad_reclaim_strands_a_request() -> None:
     for i, p in enumerate(k.Procs):
         for j, tok in enumerate(k.Tokens):
             waits, granted = pending[f"TAKE {tok} of {p}"]
-            can = _can_reach(g, granted)
+            can = can_reach(g, granted)
             stranded += [(s, i, j) for s in g.levels if waits(s) and s not in can]
     assert stranded
     for s, _, j in stranded:
