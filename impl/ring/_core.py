@@ -508,12 +508,18 @@ class RingReader(_Endpoint):
         spin = self._first_spin(timeout)
         flags = (PEEK if peek else 0) | (WAITALL if waitall else 0)
         deadline = None if timeout is None else time.monotonic() + timeout
+        r = self._op(dst, 0, n, flags, spin)  # RingCredit!Recv; spins in the same call
+        return self._recv_from(r, dst, n, deadline, spin > 0, flags)
+
+    def _recv_from(self, r: int, dst, n: int, deadline: float | None, spun: bool,
+                   flags: int) -> int:
+        """The rest of recv_into after its first call returned *r*: wait for data,
+        and for a waitall read the rest; then end the operation (its token)."""
         try:
-            r = self._op(dst, 0, n, flags, spin)  # RingCredit!Recv; spins in the same call
             if r == 0 and n:
-                r = self._block(dst, 0, n, deadline, spun=spin > 0, flags=flags)
+                r = self._block(dst, 0, n, deadline, spun=spun, flags=flags)
             got = self._finish(r) if r & 1 else r >> 2
-            if waitall and not peek and 0 < got < n:
+            if flags & WAITALL and not flags & PEEK and 0 < got < n:
                 got = self._read_rest(dst, got, n, deadline, flags)
             return got
         finally:

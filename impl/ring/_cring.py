@@ -230,12 +230,4 @@ class CRingReader(_COps, _core.RingReader):
             return self._as_holder(timeout, self.recv_into, buf, timeout, peek=peek,
                                    waitall=waitall)
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            if r == 0 and n:
-                r = self._block(dst, 0, n, deadline, spun=spin > 0, flags=flags)
-            got = self._finish(r) if r & 1 else r >> 2
-            if waitall and not peek and 0 < got < n:
-                got = self._read_rest(dst, got, n, deadline, flags)
-            return got
-        finally:
-            self._tok_exit()
+        return self._recv_from(r, dst, n, deadline, spin > 0, flags)
