@@ -656,6 +656,60 @@ def _tokens_section(results: dict) -> list[str]:
     return lines
 
 
+def _fork_section(results: dict) -> list[str]:
+    """Issue 5: a ForkingTCPServer over rings and TCP, and what fork() costs with sockets open."""
+    fork = results.get("fork") or {}
+    if not fork:
+        why = results["skipped"].get("fork")
+        return ["## Fork", "", f"Not measured: {why}.", ""] if why else []
+    lines = ["## Fork", "",
+             "Issue 5: sockets stay usable in both processes after `fork()` "
+             "([fork.md](fork.md)). The fork part took "
+             f"{fork['duration_s']} s of the run.", ""]
+    failed = {k: v for k, v in results["failed"].items() if k.startswith("fork-")}
+    if failed:
+        lines += ["Failed and left out: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())
+                  + ".", ""]
+    rates = fork["server"]["rates"]
+    if rates:
+        rows = []
+        for kind, label in (("ring", "impl sockets (rings)"), ("tcp", "kernel TCP loopback")):
+            r = rates.get(kind)
+            if r is not None:
+                rows.append([label, f"{r['per_s']:,.0f}", _us(r["median_us"]),
+                             _us(r["p99_us"]), _spread(r["repeat_per_s"], lambda v: f"{v:,.0f}"),
+                             f"{r['samples']:,}"])
+        ratio = fork["server"]["ratio"]
+        lines += ["### socketserver.ForkingTCPServer", "",
+                  "One client makes requests one after another: connect, send "
+                  f"{fork['server']['request_bytes']} bytes, read the answer, close. The server "
+                  "forks a child per request (accept in the parent, the parent closes its "
+                  "copy). Requests per second from the median request time."
+                  + ("" if ratio is None else f" Rings / TCP: **{ratio:.2f}×**."), "",
+                  *_table(["server and client sockets", "requests/s", "median µs", "p99 µs",
+                           "spread of repeats /s", "requests"], rows), ""]
+    latency = fork["fork"]["latency"]
+    if latency:
+        rows = []
+        for key in sorted(latency, key=lambda k: (k.split("-")[0], int(k.split("-")[1]))):
+            kind, n = key.split("-")
+            v = latency[key]
+            rows.append([f"{n} {'ring' if kind == 'ring' else 'TCP'} connection"
+                         + ("s" if n != "1" else ""),
+                         _us(v["first-return"]["median_us"]), _us(v["first-ready"]["median_us"]),
+                         _us(v["again-return"]["median_us"]), _us(v["again-ready"]["median_us"]),
+                         f"{v['first-ready']['samples']:,}"])
+        lines += ["### fork() with open connections", "",
+                  "Median µs until `os.fork()` returned in the parent and until the child, "
+                  "its fork hooks done, reported back over a pipe; the first fork of fresh "
+                  "connections (the parent hands the monitor their hold pipes) and a second "
+                  "fork of the same ones. Both ends of each connection are in the forking "
+                  "process.", "",
+                  *_table(["held", "first: returned", "first: child ready", "again: returned",
+                           "again: child ready", "forks"], rows), ""]
+    return lines
+
+
 def _left_out_section(results: dict) -> list[str]:
     lines = []
     for key, reason in results["skipped"].items():
@@ -674,7 +728,7 @@ def render_markdown(results: dict) -> str:
     ]
     for section in (_goals_section, _machine_section, _method_section, _latency_section,
                     _throughput_section, _one_core_section, _socket_section,
-                    _tokens_section, _left_out_section):
+                    _tokens_section, _fork_section, _left_out_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 

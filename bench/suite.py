@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from bench import machine, sockets, tokens
+from bench import forking, machine, sockets, tokens
 from bench.measure import Placement, round_trips, stream
 from bench.sockets import ASYNCIO_RING_SELECTOR, SOCKET_KEY
 from bench.stats import percentile
@@ -80,6 +80,10 @@ class Settings:
     takeover_fast: int = 5_000  # timed fast-path sends (the same thread again)
     takeover_thread: int = 2_000  # timed turns of each of two threads
     takeover_process: int = 300  # timed turns of each of two processes
+    # The fork benchmarks (bench.forking, issue 5).
+    fork_server_warmup: int = 20  # untimed requests to a ForkingTCPServer ...
+    fork_server_seconds: float = 1.0  # ... then requests for about this long
+    fork_iterations: int = 30  # fork() runs per kind and connection count
     deadline: float = 120.0  # seconds any single measurement may take
     pin: str = "auto"
     only: tuple[str, ...] = field(default=())  # transport keys to run; empty: all
@@ -118,6 +122,11 @@ class Settings:
                                            self.takeover_process) < 1:
             raise ValueError("need takeover_warmup >= 0 and takeover_fast, takeover_thread, "
                              "takeover_process >= 1")
+        if self.fork_server_warmup < 0 or self.fork_iterations < 1:
+            raise ValueError("need fork_server_warmup >= 0 and fork_iterations >= 1")
+        if not 0 < self.fork_server_seconds <= 60:
+            raise ValueError("fork_server_seconds must be in (0, 60], got "
+                             f"{self.fork_server_seconds}")
 
     @classmethod
     def quick(cls) -> Settings:
@@ -130,11 +139,16 @@ class Settings:
                    token_pairs=2, token_rtt_iterations=2_000, token_rtt_budget=0.2,
                    token_stream_seconds=0.05, shared_warmup=300, shared_seconds=0.05,
                    shared_min_count=50, takeover_warmup=5, takeover_fast=500,
-                   takeover_thread=200, takeover_process=50, deadline=60.0)
+                   takeover_thread=200, takeover_process=50, fork_server_warmup=3,
+                   fork_server_seconds=0.1, fork_iterations=3, deadline=60.0)
 
     def runs_tokens(self) -> bool:
         """Whether the token benchmarks are part of the run (--only names them, or all)."""
         return not self.only or TOKENS_KEY in self.only
+
+    def runs_fork(self) -> bool:
+        """Whether the fork benchmarks are part of the run (--only names them, or all)."""
+        return not self.only or forking.FORK_KEY in self.only
 
     def stream_warmup(self, size: int) -> int:
         """Return how many untimed messages of *size* bytes go first."""
@@ -329,9 +343,13 @@ def run_suite(settings: Settings | None = None,
     if token_part and SOCKET_KEY in skipped:
         skipped[TOKENS_KEY] = skipped[SOCKET_KEY]
         token_part = False
+    fork_part = settings.runs_fork()
+    if fork_part and SOCKET_KEY in skipped:
+        skipped[forking.FORK_KEY] = skipped[SOCKET_KEY]
+        fork_part = False
     with contextlib.ExitStack() as stack:
         monitor = None
-        if token_part or any(t.key == SOCKET_KEY for t in transports):
+        if token_part or fork_part or any(t.key == SOCKET_KEY for t in transports):
             try:
                 monitor = stack.enter_context(sockets.private_monitor())
             except sockets.MonitorUnavailable as exc:
@@ -341,12 +359,15 @@ def run_suite(settings: Settings | None = None,
                 if token_part:
                     skipped[TOKENS_KEY] = str(exc)
                     token_part = False
-        return _run(settings, transports, skipped, monitor, log, token_part)
+                if fork_part:
+                    skipped[forking.FORK_KEY] = str(exc)
+                    fork_part = False
+        return _run(settings, transports, skipped, monitor, log, token_part, fork_part)
 
 
 def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str],
          monitor: sockets.MonitorHandle | None, log: Callable[[str], None],
-         token_part: bool = False) -> dict[str, object]:
+         token_part: bool = False, fork_part: bool = False) -> dict[str, object]:
     """The run proper, with the monitor (if any) already started."""
     started = time.monotonic()
     info = machine.machine_info()
@@ -402,6 +423,10 @@ def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str
     if token_part:
         token_results = tokens.run_tokens(s, two, functools.partial(_attempt_named, runner),
                                           log)
+    fork_results = {}
+    if fork_part:
+        fork_results = forking.run_forking(s, two, functools.partial(_attempt_named, runner),
+                                           log)
 
     # A transport that failed once is reported as failed, not with partial data.
     ok = [t for t in transports if t.key not in runner.failed]
@@ -439,6 +464,7 @@ def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str
                         if v.key not in runner.failed},
         },
         "tokens": token_results,
+        "fork": fork_results,
         "monitor": _monitor_counters(monitor),
     }
     results["goals"] = evaluate_goals(results)

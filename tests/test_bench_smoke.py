@@ -8,7 +8,8 @@ socket-API part (impl.socket through the bench's own monitor, set-up
 rate, asyncio echo) is checked the same way, and against the monitor's
 own count of the connections it set up; so is the token part (issue 4:
 single owner with and without token checks, four threads on one socket,
-takeover latency).
+takeover latency), and the fork part (issue 5: a ForkingTCPServer over
+rings and TCP, fork() with open connections).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import measure, report, sockets, suite, tokens
+from bench import forking, measure, report, sockets, suite, tokens
 from bench.transports import Channel, Endpoint, Transport
 from impl.monitor.paths import ENV_AUTOSTART, ENV_SOCKET
 
@@ -38,6 +39,7 @@ TAKEOVER_FAST = 50
 TAKEOVER_THREAD = 20
 TAKEOVER_PROCESS = 10
 TAKEOVER_WARMUP = 2
+FORK_ITERATIONS = 2
 KERNEL_KEYS = {"tcp", "unix", "pipe"}
 RING_KEYS = {"ring-c", "ring-python"}
 SOCKET_KEY = sockets.SOCKET_KEY
@@ -56,7 +58,9 @@ TINY = suite.Settings(
     token_pairs=TOKEN_PAIRS, token_rtt_iterations=100, token_rtt_budget=60.0,
     token_stream_seconds=0.01, shared_warmup=20, shared_seconds=0.01, shared_min_count=10,
     shared_max_count=40, takeover_warmup=TAKEOVER_WARMUP, takeover_fast=TAKEOVER_FAST,
-    takeover_thread=TAKEOVER_THREAD, takeover_process=TAKEOVER_PROCESS, deadline=60.0)
+    takeover_thread=TAKEOVER_THREAD, takeover_process=TAKEOVER_PROCESS,
+    fork_server_warmup=1, fork_server_seconds=0.01, fork_iterations=FORK_ITERATIONS,
+    deadline=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -375,8 +379,9 @@ def test_monitor_counted_every_ring_connection(run: tuple[dict, dict]) -> None:
     setup = sum(SETUP_WARMUP + c for c in results["setup"]["rates"]["setup-ring"]["counts"])
     ring_echo = [k for k in results["asyncio"]["latency"] if k.startswith("asyncio-ring")]
     per_repeat = 1 + len(suite.SIZES) + 1 + len(ring_echo)
+    fork = forking.ring_connections(results["fork"], TINY) if results.get("fork") else 0
     assert counters["connections"] == (REPEATS * per_repeat + setup
-                                       + tokens.ring_connections(TINY))
+                                       + tokens.ring_connections(TINY) + fork)
 
 
 def test_socket_section_rows(run: tuple[dict, dict]) -> None:
@@ -762,3 +767,68 @@ def test_run_tokens_reports_a_failed_case_without_partial_data() -> None:
     assert calls["tokens-single"] == 2 * TOKEN_PAIRS * len(tokens.SINGLE_CASES)
     # ... in the other order than the pair before.
     assert list(tokens._pair_orders(3)) == [(True, False), (False, True), (True, False)]
+
+
+def _fork_or_skip(results: dict) -> dict:
+    fork = results.get("fork")
+    if not fork:
+        pytest.skip(f"fork benchmarks not run: {results['skipped'].get('fork')}")
+    return fork
+
+
+def test_forking_server_measured(run: tuple[dict, dict]) -> None:
+    """The ForkingTCPServer ran over rings and TCP in every repeat; the ratio follows them."""
+    fork = _fork_or_skip(run[0])
+    rates = fork["server"]["rates"]
+    assert set(rates) == {"ring", "tcp"}
+    for kind, r in rates.items():
+        assert len(r["repeat_per_s"]) == REPEATS, kind
+        assert r["samples"] >= REPEATS, kind
+        assert 0 < r["min_us"] <= r["median_us"] <= r["max_us"]
+        assert r["per_s"] == pytest.approx(1e6 / r["median_us"])
+    assert fork["server"]["ratio"] == pytest.approx(rates["ring"]["per_s"]
+                                                    / rates["tcp"]["per_s"])
+
+
+def test_fork_latency_samples(run: tuple[dict, dict]) -> None:
+    """Every (kind, size) fork case has first and second forks, FORK_ITERATIONS each repeat."""
+    fork = _fork_or_skip(run[0])
+    latency = fork["fork"]["latency"]
+    assert set(latency) == {f"{k}-{n}" for k in ("ring", "tcp") for n in forking.FORK_SIZES}
+    for key, cases in latency.items():
+        assert set(cases) == {"first-return", "first-ready", "again-return", "again-ready"}
+        for which, r in cases.items():
+            assert r["samples"] == REPEATS * FORK_ITERATIONS, (key, which)
+        # The child reports after fork() returned in it, so never before the parent's return.
+        assert cases["first-ready"]["min_us"] > 0
+
+
+def test_fork_section(run: tuple[dict, dict]) -> None:
+    """bench.md has the Fork section with a row per server kind and per fork case."""
+    results, paths = run
+    fork = _fork_or_skip(results)
+    section = _section(paths["markdown"].read_text(), "Fork")
+    assert _rows(section, "impl sockets (rings)") and _rows(section, "kernel TCP loopback")
+    assert f"{fork['server']['ratio']:.2f}×" in section
+    for n in forking.FORK_SIZES:
+        suffix = "s" if n != 1 else ""
+        assert _rows(section, f"{n} ring connection{suffix}"), n
+        assert _rows(section, f"{n} TCP connection{suffix}"), n
+
+
+def test_forking_server_checks_every_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that answers wrongly fails the measurement instead of counting it."""
+    def wrong(self) -> None:
+        forking._recv_exact(self.request, 64)
+        self.request.sendall(bytes(64))
+
+    monkeypatch.setattr(forking._Handler, "handle", wrong)   # the server is forked after this
+    with pytest.raises(AssertionError, match="wrong answer"):
+        forking.forking_server_rate("tcp", measure.Placement(None, None), seconds=0.01,
+                                    warmup=0, deadline=30.0)
+
+
+def test_fork_benchmark_rejects_an_unknown_kind() -> None:
+    """A kind other than ring or tcp is a ValueError that names the allowed ones."""
+    with pytest.raises(ValueError, match="'ring' or 'tcp'"):
+        forking.fork_latency("udp", 1, iterations=1, deadline=5.0)
