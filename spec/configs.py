@@ -163,6 +163,30 @@ CONFIGS: tuple[CheckedConfig, ...] = (
         "TokenSharing with Reclaim dropping the queue, liveness only: never granted",
         deadlock=False,
     ),
+    CheckedConfig(
+        TLA_DIR, "MCFork", "MCFork.cfg", "ok", False,
+        "Fork, exhaustive safety: 3 processes (a grandchild), 2 fds, 2-byte calls, 2 mortal",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCFork", "MCForkLiveness.cfg", "ok", False,
+        "Fork, liveness: first send, dead reaped, unheld closed; 3 processes, 2 mortal",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCFork", "MCForkSmall.cfg", "ok", True,
+        "Fork, small: every action fires, both processes mortal, safety and liveness",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCFork", "MCForkBadCount.cfg", "invariant", True,
+        "Fork without the hold pipe: EOF while the child holds the end",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCFork", "MCForkBadResource.cfg", "invariant", True,
+        "Fork with the child keeping the parent's resources (ResourceOwned)",
+    ),
+    CheckedConfig(
+        TLA_DIR, "MCFork", "MCForkBadToken.cfg", "invariant", True,
+        "Fork with the child copying the parent's tokens (OneTokenHolder)",
+    ),
 )
 
 

@@ -49,9 +49,7 @@ class Child:
             if not ready:
                 os.kill(self.pid, signal.SIGKILL)
             _, status = os.waitpid(self.pid, 0)
-            out = b""
-            while chunk := os.read(self._rfd, 1 << 16):
-                out += chunk
+            out = _read_written(self._rfd)
         finally:
             os.close(self._pidfd)
             os.close(self._rfd)
@@ -78,3 +76,21 @@ class Child:
             os.close(self._pidfd)
             os.close(self._rfd)
         return status
+
+
+def _read_written(fd: int) -> bytes:
+    """What is in the pipe now: the child wrote it before it exited.
+
+    Not "until EOF": a grandchild that fn() forked holds a copy of the write
+    end and may outlive the child by any time.
+    """
+    os.set_blocking(fd, False)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
