@@ -396,9 +396,12 @@ def Fork(par: Params, s: State, p: str, c: str) -> State | None:
 
 
 def CreateResource(par: Params, s: State, p: str) -> State | None:
-    """Fork!CreateResource(p): p makes its own per-process resource."""
+    """Fork!CreateResource(p): p makes its own per-process resource, on demand.
+
+    Only a process that holds an end has a use for one (a FORKED, a TAKE, a CLOSE).
+    """
     i = par.proc(p)
-    if p not in s.alive or s.res[i] == p:
+    if p not in s.alive or s.res[i] == p or not held(par, s, p):
         return None
     return s._replace(res=_set(s.res, i, p))
 

@@ -188,11 +188,13 @@ Fork(p, c) ==
     /\ calls' = [calls EXCEPT ![c] = [s \in Socks |-> 0]]
     /\ UNCHANGED <<known, monClosed, eof, tok, queue, busy, ring, peerGot>>
 
-\* p makes its own per-process resource (on demand: the model allows it
-\* whenever p's resource is not its own).
+\* p makes its own per-process resource, on demand: the library makes it on
+\* first use (a FORKED, a TAKE, a CLOSE), and only a process that holds an
+\* end has a use for it.
 CreateResource(p) ==
     /\ p \in alive
     /\ res[p] # p
+    /\ Held(p) # {}
     /\ res' = [res EXCEPT ![p] = p]
     /\ UNCHANGED <<born, alive, parent, fdt, pending, known, monClosed, eof, pheld, tok,
                    queue, busy, calls, ring, peerGot>>
