@@ -208,6 +208,16 @@ def _holders(row: dict) -> str:
     return "/".join(",".join(map(str, pids)) or "-" for pids in ends)
 
 
+def _hold(row: dict) -> str:
+    """Each end's hold pipe: "client/server", each "watched", "unheld" (no process holds
+    it any more) or "-" (never forked); "" when neither end has one."""
+    hold = row.get("hold") or {}
+    states = [hold.get(end, "none") for end in ("client", "server")]
+    if all(state == "none" for state in states):
+        return ""
+    return "/".join("-" if state == "none" else state for state in states)
+
+
 def _pids(pids: list) -> str:
     return ",".join(map(str, pids)) or "-"
 
@@ -260,7 +270,7 @@ def format_status(status: dict[str, Any]) -> str:
                     [("ID", "id"), ("CLIENT", "client"), ("SERVER", "server"),
                      ("ADDRESS", _addr), ("CLIENT END", "client_side"),
                      ("SERVER END", "server_side"), ("BYTES", "bytes"),
-                     ("SHARED BY", _holders)],
+                     ("HOLD PIPES", _hold), ("SHARED BY", _holders)],
                     counts.get("connections"))
     lines.append("")
     lines += _table("TOKENS", status.get("tokens", []),

@@ -31,11 +31,13 @@ data calls) it asks a kernel socket of the same kind.
 from __future__ import annotations
 
 import errno
+import logging
 import operator
 import os
 import select
 import socket as _stdsocket
 import struct
+import threading
 import time
 import warnings
 import weakref
@@ -53,6 +55,7 @@ from socket import (
     SOL_SOCKET,
 )
 
+import impl.fork  # noqa: F401  (the fork hooks, which call _prepare_fork and _forked_*)
 from impl.localaddr import is_local_address
 from impl.monitor import client as _client
 from impl.monitor import protocol as P
@@ -63,6 +66,7 @@ from impl.token import agent as _agent
 __all__ = ["socket", "socketpair", "create_connection", "create_server", "fromfd",
            "transport_of", "socket_for_fd", "DEFAULT_BUF"]
 
+_log = logging.getLogger("socksdirect")
 _RING_FAMILIES = {AF_INET: "inet", AF_INET6: "inet6", AF_UNIX: "unix"}
 _SOCK_TYPE_MASK = ~(_stdsocket.SOCK_NONBLOCK | _stdsocket.SOCK_CLOEXEC)
 # Plain ints, not the socket module's IntFlag members: IntFlag arithmetic
@@ -89,8 +93,10 @@ _detached: dict[int, _RingConn | _Listener] = {}
 # fd -> the open ring or listener socket on it, for selectors given bare descriptors
 # (asyncio registers sock.fileno(), not the socket).
 _by_fd: weakref.WeakValueDictionary[int, socket] = weakref.WeakValueDictionary()
-# Every ring connection of this process, for the fork hook.
+# Every ring connection of this process, for the fork hooks.
 _live: weakref.WeakSet[_RingConn] = weakref.WeakSet()
+# Every open listener of this process, for the fork hooks.
+_listeners: weakref.WeakSet[_Listener] = weakref.WeakSet()
 # Control channel -> pid of the monitor at its other end.
 _chan_monitor: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -174,6 +180,9 @@ class _RingConn:
         # (read end, write end) of a pipe made before the first fork() while
         # this end is open: the kernel counts the processes that hold it.
         self.hold: tuple[int, int] | None = None
+        # The monitor has the pipe's read end (HOLD went through, here or in
+        # an ancestor): a fork child proves it holds the end with the write end.
+        self.watched = False
         _live.add(self)
 
     @classmethod
@@ -261,7 +270,7 @@ class _RingConn:
         self.rx.close()
         if self.shadow is not None:
             self.shadow.close()
-        self._tell_monitor(shared=not last)
+        self._tell_monitor()
 
     def _last_holder(self) -> bool:
         """Is this process the last one holding this end (it was inherited by fork)?
@@ -285,12 +294,11 @@ class _RingConn:
         finally:
             os.close(r)
 
-    def _tell_monitor(self, shared: bool = False) -> None:
-        """Connect.tla!Close: one-way CLOSE, only to the monitor that set this up.
+    def _tell_monitor(self) -> None:
+        """Connect.tla!Close, Fork!Close: one-way CLOSE, only to the monitor that set this up.
 
-        *shared*: other processes still hold this end (fork children; the
-        kernel counts them), so the monitor keeps it open for those that
-        have not said FORKED yet.
+        Other processes may still hold the end (fork children, registered
+        or not): the monitor keeps it open until its hold pipe says none does.
         """
         if self.cid is None:
             return
@@ -298,42 +306,74 @@ class _RingConn:
         # A restarted monitor never knew this connection, and nothing keeps
         # its ids apart from the old one's: a stale CLOSE could name one of its.
         if chan is not None and _monitor_of(chan) == self.monitor:
-            body = {"id": self.cid, "end": self.end}
-            if shared:
-                body["shared"] = True
-            chan.notify(P.CLOSE, body)
+            chan.notify(P.CLOSE, {"id": self.cid, "end": self.end})
+
+    def _ours(self, chan: _client.ControlChannel) -> bool:
+        """Is this an open end that the monitor at the other end of *chan* set up?"""
+        return self.cid is not None and self.refs > 0 and _monitor_of(chan) == self.monitor
 
 
-def _before_fork() -> None:
-    # Both processes will hold every open end: count the holders from now on.
+# -- fork (called by impl.fork's hooks) ---------------------------------------------------
+def _prepare_fork() -> None:
+    """Fork!Fork, the parent's part: a hold pipe for every open end; HOLD for the new ones.
+
+    Synchronous: the monitor has each read end before the child exists, so
+    it counts the child as a holder from its first instant, whatever order
+    the child's FORKED and the parent's CLOSE or death come in.
+    """
+    new = []
     for conn in list(_live):
         if conn.hold is None and conn.refs > 0:
             conn.hold = os.pipe2(os.O_CLOEXEC)
+            new.append(conn)
+    if not any(conn.cid is not None for conn in new):
+        return
+    chan = _client.current() or _client.channel()
+    if chan is None:
+        return
+    mine = [conn for conn in new if conn._ours(chan)]
+    for start in range(0, len(mine), P.MAX_ENDS):
+        batch = mine[start:start + P.MAX_ENDS]
+        try:
+            chan.request(P.HOLD, {"ends": [[c.cid, c.end] for c in batch]},
+                         [c.hold[0] for c in batch])
+        except OSError as exc:
+            # The monitor is gone or refused: it cannot count this end's
+            # holders, and children cannot register it (their TAKEs wait).
+            _log.warning("the monitor did not take the hold pipes of %d ends: %s",
+                                len(batch), exc)
+            continue
+        for conn in batch:
+            conn.watched = True
 
 
-def _monitor_ends() -> list[list]:
-    """[id, end] of every open end of this process that the monitor set up."""
-    return [[conn.cid, conn.end] for conn in list(_live)
-            if conn.cid is not None and conn.refs > 0]
-
-
-def _after_fork_in_parent() -> None:
-    # The child may ask for our tokens: the agent must be there to answer.
-    if _monitor_ends():
+def _forked_parent() -> None:
+    """After fork, in the parent: the child may ask for our tokens; the agent must answer."""
+    chan = _client.current()
+    if chan is not None and any(conn._ours(chan) for conn in list(_live)):
         _agent.ensure()
 
 
-def _after_fork_in_child() -> None:
-    # The child holds every end too; the monitor must know before the
-    # parent can exit, or the ends would close under the child.  Its tokens
-    # stay with the parent until it asks (impl.token reset them already).
-    ends = _monitor_ends()
-    if ends:
-        _agent.register_child(os.getppid(), ends)
+def _forked_child() -> None:
+    """After fork, in the child: own epoll sets for listeners, then Fork!Register (FORKED).
 
-
-os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
-                    after_in_child=_after_fork_in_child)
+    The child holds every end too; the monitor hears it before fork()
+    returns here, since the parent may exit at once.  The proofs are the
+    child's copies of the hold pipes' write ends.  Its tokens stay with the
+    parent until it asks (impl.token reset them already).
+    """
+    for lst in list(_listeners):
+        lst._forked_child()
+    held = [conn for conn in list(_live)
+            if conn.watched and conn.hold is not None and conn.refs > 0]
+    if not held:
+        return
+    chan = _client.channel()
+    if chan is None:
+        return
+    held = [conn for conn in held if conn._ours(chan)]
+    if held:
+        _agent.register_child([[c.cid, c.end] for c in held], [c.hold[1] for c in held])
 
 
 def _af_name(family: int) -> str:
@@ -1168,6 +1208,7 @@ class _Listener:
         self.epoll = select.epoll()
         self.epoll.register(ksock.fileno(), select.EPOLLIN)
         ksock.setblocking(False)
+        _listeners.add(self)
 
     @classmethod
     def start(cls, sock: socket, backlog: int) -> _Listener | None:
@@ -1216,6 +1257,29 @@ class _Listener:
         self.monitor = _peer_pid(chan.sock)
         self.epoll.register(chan.sock.fileno(), select.EPOLLIN)
         return True
+
+    def _forked_child(self) -> None:
+        """In a fork child: an epoll set of our own, in place of the one shared with the parent.
+
+        An epoll set is one kernel object for every process that inherited
+        it: the child's register/unregister (_lost, a new channel) would
+        change the parent's.  The new set watches the same kernel socket and
+        channel, and takes the old one's place under every descriptor of a
+        socket object that names this listener, so fileno() stays the same.
+        """
+        if self.epoll.closed:
+            return
+        old, self.epoll = self.epoll, select.epoll()
+        self.epoll.register(self.ksock.fileno(), select.EPOLLIN)
+        if self.chan is not None:
+            # Shared with the parent, like the kernel socket; its lock is this process's.
+            self.chan._lock = threading.Lock()
+            self.epoll.register(self.chan.sock.fileno(), select.EPOLLIN)
+        fds = [fd for fd, sock in list(_by_fd.items()) if sock._lst is self]
+        fds += [fd for fd, held in _detached.items() if held is self]
+        for fd in fds:
+            os.dup2(self.epoll.fileno(), fd, inheritable=os.get_inheritable(fd))
+        old.close()
 
     def _lost(self) -> None:
         """The monitor closed our channel (it stopped): forget it and register again."""
@@ -1289,9 +1353,23 @@ class _Listener:
                                   _from_wire(self.family, body["local"]),
                                   _from_wire(self.family, body["peer"]), self.monitor)
         conn.init_tokens("server")
-        chan.notify(P.ACCEPTED, {"id": body["id"]})
+        self._accepted(conn)
         sock = owner._from_conn(conn, owner.type, owner.proto)
         return sock, conn.peer
+
+    def _accepted(self, conn: _RingConn) -> None:
+        """Connect.tla!Accept: ACCEPTED on this process's own channel, with the proof.
+
+        Not on the listener's channel: after fork() that one is shared (a
+        pre-fork pool) and names its maker, while the acceptor is to hold
+        the end.  The proof is the memfd of the ring this end reads.
+        """
+        chan = _client.channel()
+        if chan is not None and _monitor_of(chan) != self.monitor:
+            chan = _client.channel(fresh=_channel_dead(chan))
+        if chan is None or _monitor_of(chan) != self.monitor:
+            return   # the monitor is gone: it resets the connection, or has already
+        chan.notify(P.ACCEPTED, {"id": conn.cid}, [conn.rx.fds().memfd])
 
     def _take_kernel(self, owner: socket) -> tuple[socket, object] | None:
         try:

@@ -3,8 +3,12 @@
 Real processes against a private monitor, speaking the raw protocol: this
 process (P0) sets up one ring connection with itself through the monitor
 (raw LISTEN and CONNECT, so that no library socket -- and no library fork
-hook -- is involved), and forked children take its client end over with
-FORKED, open agent channels and send TAKE / RELEASE.  Each command a child
+hook -- is involved), gives the monitor the read end of the client end's
+hold pipe (HOLD), and forked children take its client end over with
+FORKED (their copy of the pipe's write end the proof), open agent channels
+and send TAKE / RELEASE.  Closing a copy of the end closes the closer's
+copy of the write end too, as the library does, so that the monitor's
+count (the pipe's POLLHUP) is the processes that hold the end.  Each command a child
 runs ends with a PING on its agent channel, so when it answers, the monitor
 has handled everything it sent, and the pushes it reports (RECALL, GRANT)
 are all that were sent to it so far: "nothing pushed" is an exact,
@@ -70,9 +74,29 @@ class RawConn:
         self._stack.callback(self.sc.close)
         push = self.lchan.receive(TIMEOUT)
         assert push is not None and push.op == P.NEWCONN and push.body["id"] == self.id
-        push.close_fds()
-        self.lchan.notify(P.ACCEPTED, {"id": self.id}, check=True)
-        self.lchan.request(P.PING)     # the ACCEPTED is in: both ends "open"
+        try:
+            # On the process channel, the memfd of the ring the server reads the proof.
+            self.pchan.notify(P.ACCEPTED, {"id": self.id}, [push.fds[3]], check=True)
+        finally:
+            push.close_fds()
+        self.pchan.request(P.PING)     # the ACCEPTED is in: both ends "open"
+        # The client end's hold pipe: every child forked from now on holds a copy.
+        self.hold = os.pipe()
+        self._stack.callback(self._close_hold)
+        assert self.pchan.request(P.HOLD, {"ends": [[self.id, "client"]]},
+                                  [self.hold[0]]).body == {"ends": 1}
+
+    def _close_hold(self) -> None:
+        for fd in self.hold:
+            if fd >= 0:
+                os.close(fd)
+        self.hold = (-1, -1)
+
+    def drop_hold(self, end: str) -> None:
+        """This process no longer holds *end*: its copy of the hold pipe's write end goes."""
+        if end == "client" and self.hold[1] >= 0:
+            os.close(self.hold[1])
+            self.hold = (self.hold[0], -1)
 
     def _channel(self, role: str) -> client.ControlChannel:
         chan = client.ControlChannel.connect(self.mon.path, role=role, timeout=TIMEOUT)
@@ -88,6 +112,7 @@ class RawConn:
 
     def close_end(self, end: str) -> None:
         """CLOSE this process's copy of *end*; returns once the monitor has it."""
+        self.drop_hold(end)
         self.pchan.notify(P.CLOSE, {"id": self.id, "end": end}, check=True)
         self.pchan.request(P.PING)
 
@@ -145,8 +170,8 @@ def _child(pipe: ChildPipe, path: str, conn: RawConn) -> None:
         try:
             do = cmd["do"]
             if do == "forked":
-                out = pchan.request(P.FORKED, {"parent": cmd["parent"],
-                                               "ends": cmd["ends"]}).body
+                with _proofs(conn, cmd["proofs"]) as fds:
+                    out = pchan.request(P.FORKED, {"ends": cmd["ends"]}, fds).body
             elif do == "agent":
                 agent = Agent(client.ControlChannel.connect(path, role="agent",
                                                             timeout=TIMEOUT))
@@ -160,6 +185,7 @@ def _child(pipe: ChildPipe, path: str, conn: RawConn) -> None:
             elif do == "drain":
                 out = agent.drain()
             elif do == "close":
+                conn.drop_hold(cmd["end"])
                 pchan.notify(P.CLOSE, {"id": cmd["id"], "end": cmd["end"]}, check=True)
                 out = pchan.request(P.PING).body
             elif do == "set_word":
@@ -168,7 +194,7 @@ def _child(pipe: ChildPipe, path: str, conn: RawConn) -> None:
                 ring.set_token_word(cmd["side"], cmd["value"])
                 out = None
             elif do == "grandchild_forked":
-                out = _grandchild_forked(path, cmd["parent"], cmd["ends"])
+                out = _grandchild_forked(path, conn, cmd["ends"])
             else:
                 raise ValueError(f"unknown command {do!r}")
             pipe.send({"ok": out})
@@ -176,8 +202,20 @@ def _child(pipe: ChildPipe, path: str, conn: RawConn) -> None:
             pipe.send({"errno": exc.errno, "message": str(exc)})
 
 
-def _grandchild_forked(path: str, parent: int, ends: list) -> dict:
-    """Fork once more; the grandchild asks FORKED naming *parent*; return what it got."""
+@contextlib.contextmanager
+def _proofs(conn: RawConn, kinds: list[str]) -> Iterator[list[int]]:
+    """Descriptors to send with FORKED: "w" our copy of the hold pipe's write end, "r" its
+    read end, "other" the write end of a pipe of no connection."""
+    other = os.pipe()
+    try:
+        yield [{"w": conn.hold[1], "r": conn.hold[0], "other": other[1]}[k] for k in kinds]
+    finally:
+        for fd in other:
+            os.close(fd)
+
+
+def _grandchild_forked(path: str, conn: RawConn, ends: list) -> dict:
+    """Fork once more; the grandchild asks FORKED with its copy of the hold pipe."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the grandchild
@@ -185,7 +223,7 @@ def _grandchild_forked(path: str, parent: int, ends: list) -> dict:
         try:
             chan = client.ControlChannel.connect(path, role="grandchild", timeout=TIMEOUT)
             try:
-                chan.request(P.FORKED, {"parent": parent, "ends": ends})
+                chan.request(P.FORKED, {"ends": ends}, [conn.hold[1]] * len(ends))
                 got = {"ok": True}
             except OSError as exc:
                 got = {"errno": exc.errno}
@@ -222,10 +260,15 @@ class Child:
             raise OSError(reply["errno"], reply["message"])
         return reply["ok"]
 
-    def forked(self, ends: list | None = None, parent: int | None = None) -> dict:
-        """FORKED for the connection's client end (by default) from this process."""
-        return self.call(do="forked", parent=os.getpid() if parent is None else parent,
-                         ends=[[self.conn.id, "client"]] if ends is None else ends)
+    def forked(self, ends: list | None = None, proofs: list[str] | None = None) -> dict:
+        """FORKED for the connection's client end (by default) from this process.
+
+        *proofs*: what to send for each end ("w", "r" or "other", see _proofs);
+        by default its copy of the hold pipe's write end for each.
+        """
+        ends = [[self.conn.id, "client"]] if ends is None else ends
+        return self.call(do="forked", ends=ends,
+                         proofs=["w"] * len(ends) if proofs is None else proofs)
 
     def agent(self) -> list:
         return self.call(do="agent")
@@ -311,35 +354,38 @@ def test_forked_children_become_holders(mon, conn, children):
     assert all(agents[k.pid] for k in children) and not agents[me]
 
 
-def test_forked_with_a_wrong_parent_is_refused(mon, conn, children):
-    """The kernel's parent, and only ends the parent holds; nothing changes otherwise."""
-    a, b, _ = children
+def test_forked_without_a_proof_is_refused(mon, conn, children):
+    """The proof is the hold pipe's write end of each end named; nothing changes otherwise."""
+    b = children[1]
     newcomer = Child(mon, conn)
     try:
-        with pytest.raises(OSError) as info:      # a sibling, which does hold the end
-            newcomer.forked(parent=a.pid)
-        assert info.value.errno == errno.EPERM
-        # A grandchild naming its grandparent, which does hold the end.
-        assert b.call(do="grandchild_forked", parent=os.getpid(),
-                      ends=[[conn.id, "client"]]) == {"errno": errno.EPERM}
-        conn.close_end("client")
         before = mon.status()
-        for ends, code in (([[conn.id, "client"]], errno.EPERM),     # we closed our copy
-                           ([[conn.id + 1, "server"]], errno.EPERM),  # no such connection
-                           ([[conn.id, "server"], [conn.id, "client"]], errno.EPERM),
-                           ([[conn.id, "both"]], errno.EINVAL),
-                           ([[conn.id]], errno.EINVAL),
-                           ([[True, "client"]], errno.EINVAL),
-                           ([conn.id, "client"], errno.EINVAL)):
+        cid = conn.id
+        for ends, proofs, code in (
+                ([[cid, "client"]], ["r"], errno.EPERM),              # the read end
+                ([[cid, "client"]], ["other"], errno.EPERM),          # another pipe
+                ([[cid, "server"]], ["w"], errno.EPERM),              # no hold pipe there
+                ([[cid + 1, "client"]], ["w"], errno.EPERM),          # no such connection
+                ([[cid, "client"], [cid, "server"]], ["w", "w"], errno.EPERM),
+                ([[cid, "client"]], [], errno.EINVAL),                # no descriptor
+                ([[cid, "client"]], ["w", "w"], errno.EINVAL),        # one too many
+                ([], [], errno.EINVAL),
+                ([[cid, "both"]], ["w"], errno.EINVAL),
+                ([[cid]], ["w"], errno.EINVAL),
+                ([[True, "client"]], ["w"], errno.EINVAL),
+                ([cid, "client"], ["w", "w"], errno.EINVAL)):
             with pytest.raises(OSError) as info:
-                newcomer.forked(ends=ends)
-            assert info.value.errno == code, ends
+                newcomer.forked(ends=ends, proofs=proofs)
+            assert info.value.errno == code, (ends, proofs)
         after = mon.status()
-        assert conn_row(after, conn.id)["holders"] == conn_row(before, conn.id)["holders"]
-        assert newcomer.pid not in conn_row(after, conn.id)["holders"]["server"]
+        assert conn_row(after, cid)["holders"] == conn_row(before, cid)["holders"]
         assert after["counters"]["forks"] == before["counters"]["forks"]
-        # All or nothing: the server end, which we do hold, was not given either.
-        assert newcomer.forked(ends=[[conn.id, "server"]]) == {"ends": 1}
+        # All or nothing above; with the proof it is a holder, as is a grandchild,
+        # whose parent need not be a holder: the kernel's word, not the family tree.
+        assert newcomer.forked() == {"ends": 1}
+        assert b.call(do="grandchild_forked", ends=[[cid, "client"]]) == {"ok": True}
+        assert mon.status()["counters"]["forks"] == before["counters"]["forks"] + 2
+        assert newcomer.pid in conn_row(mon.status(), cid)["holders"]["client"]
     finally:
         newcomer.proc.close()
 
@@ -582,8 +628,9 @@ BAD_BODIES = {
     "extra field": (P.TAKE, {"id": 1, "end": "client", "dir": "send", "pid": 1}),
     "string id": (P.RELEASE, {"id": "1", "end": "client", "dir": "send"}),
     "bool id": (P.TAKE, {"id": True, "end": "client", "dir": "send"}),
-    "FORKED without ends": (P.FORKED, {"parent": 1}),
-    "FORKED ends not a list": (P.FORKED, {"parent": 1, "ends": {"1": "client"}}),
+    "FORKED without ends": (P.FORKED, {}),
+    "FORKED with a parent": (P.FORKED, {"parent": 1, "ends": []}),
+    "FORKED ends not a list": (P.FORKED, {"ends": {"1": "client"}}),
     "GRANT reclaimed an int": (P.GRANT, {"id": 1, "end": "client", "dir": "send",
                                          "reclaimed": 1}),
 }

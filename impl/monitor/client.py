@@ -15,7 +15,10 @@ sends TAKE and RELEASE there (:meth:`ControlChannel.notify`) and receives
 the monitor's RECALL and GRANT pushes (:meth:`ControlChannel.receive`).
 
 After ``fork`` the child starts with no channel: SO_PEERCRED names the
-process that connected, so the child must connect again to be itself.
+process that connected, so the child must connect again to be itself.  The
+channel is an :class:`impl.fork.PerProcess` resource ("control-channel"):
+the child lets go of the parent's without a word and makes its own on first
+use.
 
 Every wait here is bounded: a channel's sends and receives time out after
 :data:`REQUEST_TIMEOUT` (kernel timeouts, SO_RCVTIMEO/SO_SNDTIMEO, so a
@@ -38,6 +41,7 @@ import threading
 import time
 from typing import Any
 
+from impl.fork import PerProcess
 from impl.monitor import protocol as P
 from impl.monitor.paths import ENV_AUTOSTART, default_socket_path, ensure_private_dir, flock_by
 
@@ -122,8 +126,8 @@ class ControlChannel:
             raise ConnectionResetError(errno.EPROTO, f"unexpected {reply.name} from the monitor")
         return reply
 
-    def notify(self, op: int, body: dict[str, Any], *, check: bool = False) -> None:
-        """Send a one-way message; a dead monitor is not an error here, unless *check*.
+    def notify(self, op: int, body: dict[str, Any], fds=(), *, check: bool = False) -> None:
+        """Send a one-way message (with *fds*); a dead monitor is not an error, unless *check*.
 
         With *check*, an OSError from the socket is raised (BrokenPipeError
         or ConnectionResetError: the monitor is gone; TimeoutError: it took
@@ -131,7 +135,7 @@ class ControlChannel:
         """
         try:
             with self._lock:
-                P.send_msg(self.sock, op, body)
+                P.send_msg(self.sock, op, body, fds)
         except BlockingIOError:   # SO_SNDTIMEO ran out
             if check:
                 raise TimeoutError(errno.ETIMEDOUT, f"the monitor at {self.path} took no "
@@ -169,9 +173,42 @@ class ControlChannel:
         self.sock.close()
 
 
-_lock = threading.Lock()
-_channel: ControlChannel | None = None
 _unavailable_warned = False
+
+
+def _connect_process_channel() -> ControlChannel | None:
+    """Make this process's channel: connect, starting a monitor if allowed; None if none."""
+    global _unavailable_warned
+    path = default_socket_path()
+    try:
+        chan = ControlChannel.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        if not _autostart_allowed():
+            _warn_once(path, "is not running and SOCKSDIRECT_AUTOSTART=0")
+            return None
+        try:
+            chan = _start_and_connect(path)
+        except OSError as exc:
+            _warn_once(path, f"could not be started: {exc}")
+            return None
+    except OSError as exc:
+        _warn_once(path, f"cannot be reached: {exc}")
+        return None
+    _unavailable_warned = False
+    return chan
+
+
+def _orphan(chan: ControlChannel) -> None:
+    """In a fork child: drop our copy of the parent's channel without a word."""
+    fd = chan.sock.detach()
+    if fd >= 0:
+        os.close(fd)
+
+
+#: This process's channel (Fork.tla's per-process resource: never a parent's).
+_channel = PerProcess("control-channel", _connect_process_channel,
+                      alive=lambda chan: chan.sock.fileno() >= 0,
+                      close=ControlChannel.close, orphan=_orphan)
 
 
 def _autostart_allowed() -> bool:
@@ -185,31 +222,9 @@ def channel(*, fresh: bool = False) -> ControlChannel | None:
     With no monitor listening and autostart allowed, one is started
     (:func:`start_monitor`); racing processes start exactly one.
     """
-    global _channel, _unavailable_warned
-    with _lock:
-        if _channel is not None and (fresh or _channel.pid != os.getpid()
-                                     or _channel.sock.fileno() < 0):
-            _channel.close()
-            _channel = None
-        if _channel is not None:
-            return _channel
-        path = default_socket_path()
-        try:
-            _channel = ControlChannel.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            if not _autostart_allowed():
-                _warn_once(path, "is not running and SOCKSDIRECT_AUTOSTART=0")
-                return None
-            try:
-                _channel = _start_and_connect(path)
-            except OSError as exc:
-                _warn_once(path, f"could not be started: {exc}")
-                return None
-        except OSError as exc:
-            _warn_once(path, f"cannot be reached: {exc}")
-            return None
-        _unavailable_warned = False
-        return _channel
+    if fresh:
+        _channel.forget()
+    return _channel.get()
 
 
 def request(op: int, body: dict[str, Any] | None = None, fds=()) -> P.Message:
@@ -240,8 +255,7 @@ def _warn_once(path: str, why: str) -> None:
 
 def current() -> ControlChannel | None:
     """This process's channel if it has one already; never connects or starts a monitor."""
-    chan = _channel
-    return chan if chan is not None and chan.pid == os.getpid() else None
+    return _channel.peek()
 
 
 def open_listener_channel() -> ControlChannel | None:
@@ -270,11 +284,7 @@ def open_agent_channel() -> ControlChannel | None:
 
 def reset() -> None:
     """Forget this process's channel (tests; after the monitor restarted)."""
-    global _channel
-    with _lock:
-        if _channel is not None:
-            _channel.close()
-        _channel = None
+    _channel.forget()
 
 
 def _start_and_connect(path: str) -> ControlChannel:
@@ -357,17 +367,3 @@ def _monitor_env() -> dict[str, str]:
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
-
-
-def _after_fork_in_child() -> None:
-    global _channel, _lock
-    _lock = threading.Lock()
-    if _channel is not None:
-        # The parent still uses the socket: drop our copy without a word.
-        fd = _channel.sock.detach()
-        if fd >= 0:
-            os.close(fd)
-        _channel = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

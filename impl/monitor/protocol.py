@@ -40,10 +40,12 @@ LISTEN         library, listener channel  register a listener; fds: the kernel
                                           listening socket -> OK; the channel
                                           then carries NEWCONN pushes
 NEWCONN        monitor, listener channel  -> a connection to accept (+6 ring fds)
-ACCEPTED       library, listener channel  -> the listener took connection ``id``
+ACCEPTED       acceptor, process channel  -> this process took connection ``id``
+                                          from a listener; fds: the memfd of the
+                                          ring it reads (proof)
 CLOSE          library, process channel   -> this process closed connection ``id``
-                                          {id, end?, shared?}; shared: fork
-                                          children still hold the end
+                                          {id, end?}; ``shared`` (version 2) is
+                                          accepted and ignored
 PING           anyone                     -> OK (orders: earlier one-way messages
                                           on the same channel are processed)
 STATUS, STATS  ctl                        -> OK {tables and counters}
@@ -54,8 +56,12 @@ RECALL         monitor, agent channel     -> the holder is to give the token bac
 RELEASE        library, agent channel     -> the holder gives the token back
 GRANT          monitor, agent channel     -> the token is now this process's
                                           {id, end, dir, reclaimed}
-FORKED         fork child, process chan.  {parent, ends: [[id, end], ...]}: the
-                                          child holds its parent's ends too -> OK
+HOLD           library, process channel   {ends: [[id, end], ...]}; fds: the read
+                                          end of each end's hold pipe, in order:
+                                          count its holders from now on -> OK {ends}
+FORKED         fork child, process chan.  {ends: [[id, end], ...]}; fds: the child's
+                                          copy of each hold pipe's write end, in
+                                          order (proof) -> OK {ends}
 OK, ERROR      monitor                    replies; ERROR {errno, message}
 =============  =========================  ======================================
 
@@ -70,6 +76,16 @@ GRANT's ``reclaimed`` is true when the token was taken from a holder that
 died or closed its copy of the end (its token word was reset by the monitor).
 FORKED is a request: send it on the process channel, not the agent channel,
 whose pushes would otherwise be read as its reply.
+
+Fork (``spec/tla/Fork.tla``, ``impl/fork``): before the first fork() that an
+open end lives through, its process makes the end's *hold pipe* and sends
+the monitor the pipe's read end (HOLD).  Every process holding the end has
+a copy of the write end, so the read end reports POLLHUP exactly when no
+process holds the end any more: the kernel's count, which the monitor
+watches.  A child proves that it holds an end by sending its copy of the
+write end (FORKED); an acceptor proves that it took a connection by sending
+the memfd of the ring it reads (ACCEPTED).  A proof that does not match is
+refused with EPERM, a malformed list or descriptor count with EINVAL.
 
 Ring descriptors travel in the order of :data:`RING_FDS`: the ring this end
 writes (memfd, data eventfd, space eventfd), then the ring it reads.
@@ -91,23 +107,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "MAGIC", "VERSION", "HEADER", "MAX_BODY", "MAX_FDS", "MAX_DEPTH", "MAX_ERROR_MESSAGE",
+    "MAGIC", "VERSION", "HEADER", "MAX_BODY", "MAX_FDS", "MAX_ENDS", "MAX_DEPTH",
+    "MAX_ERROR_MESSAGE",
     "RING_FDS", "OPS", "OP_NAMES",
     "HELLO", "CONNECT", "LISTEN", "NEWCONN", "ACCEPTED", "CLOSE", "PING", "STATUS",
-    "STATS", "RELOAD", "STOP", "TAKE", "RECALL", "RELEASE", "GRANT", "FORKED", "OK", "ERROR",
+    "STATS", "RELOAD", "STOP", "TAKE", "RECALL", "RELEASE", "GRANT", "FORKED", "HOLD", "OK",
+    "ERROR",
     "SCHEMAS", "OPTIONAL", "CHOICES", "FD_COUNTS", "TOKEN_OPS", "ENDS", "DIRS",
     "FAMILIES", "Message", "ProtocolError", "encode", "decode", "send_msg", "recv_msg",
     "error_body", "errno_name",
 ]
 
 MAGIC = b"SD"
-#: Bumped on any incompatible change to this file (2: the token ops).
-VERSION = 2
+#: Bumped on any incompatible change to this file (2: the token ops; 3: HOLD, and the
+#: proofs of FORKED and ACCEPTED).
+VERSION = 3
 HEADER = struct.Struct("<2sBBI")
 #: Largest body accepted; STATUS replies of big tables are the largest messages.
 MAX_BODY = 1 << 20
-#: Most descriptors one message may carry (6 ring fds is the most we send).
+#: Most descriptors one message may carry (6 ring fds; HOLD and FORKED carry one per
+#: end, so the library sends them in batches of at most MAX_ENDS).
 MAX_FDS = 8
+#: Most ends one HOLD or FORKED names (one descriptor each).
+MAX_ENDS = MAX_FDS
 #: Deepest nesting of arrays and objects in a body (a STATUS reply needs 4).
 MAX_DEPTH = 16
 #: Longest ``message`` of an ERROR body; longer ones are cut, so that a reply
@@ -130,13 +152,14 @@ RING_FDS = ("tx_memfd", "tx_data_efd", "tx_space_efd", "rx_memfd", "rx_data_efd"
 
 HELLO, CONNECT, LISTEN, NEWCONN, ACCEPTED, CLOSE, PING = 1, 2, 3, 4, 5, 6, 7
 STATUS, STATS, RELOAD, STOP = 8, 9, 10, 11
-TAKE, RECALL, RELEASE, GRANT, FORKED = 12, 13, 14, 15, 16
+TAKE, RECALL, RELEASE, GRANT, FORKED, HOLD = 12, 13, 14, 15, 16, 17
 OK, ERROR = 20, 21
 
 OP_NAMES = {HELLO: "HELLO", CONNECT: "CONNECT", LISTEN: "LISTEN", NEWCONN: "NEWCONN",
             ACCEPTED: "ACCEPTED", CLOSE: "CLOSE", PING: "PING", STATUS: "STATUS",
             STATS: "STATS", RELOAD: "RELOAD", STOP: "STOP", TAKE: "TAKE", RECALL: "RECALL",
-            RELEASE: "RELEASE", GRANT: "GRANT", FORKED: "FORKED", OK: "OK", ERROR: "ERROR"}
+            RELEASE: "RELEASE", GRANT: "GRANT", FORKED: "FORKED", HOLD: "HOLD", OK: "OK",
+            ERROR: "ERROR"}
 OPS = frozenset(OP_NAMES)
 #: The one-way ops that name one token by (id, end, dir).
 TOKEN_OPS = frozenset({TAKE, RECALL, RELEASE, GRANT})
@@ -169,7 +192,8 @@ SCHEMAS: dict[int, dict[str, tuple[type, ...]]] = {
     RECALL: _TOKEN,
     RELEASE: _TOKEN,
     GRANT: {**_TOKEN, "reclaimed": _BOOL},
-    FORKED: {"parent": _INT, "ends": _ADDR},     # ends: [[id, "client"/"server"], ...]
+    FORKED: {"ends": _ADDR},     # ends: [[id, "client"/"server"], ...]
+    HOLD: {"ends": _ADDR},
     OK: {},        # free-form: replies carry what their request asks for
     ERROR: {"errno": _INT, "message": _STR},
 }
@@ -194,6 +218,11 @@ FD_COUNTS[CONNECT] = frozenset({1})
 FD_COUNTS[LISTEN] = frozenset({1})
 FD_COUNTS[NEWCONN] = frozenset({len(RING_FDS)})
 FD_COUNTS[OK] = frozenset({0, len(RING_FDS)})
+# The proof; one without is the monitor's to refuse (a one-way message: it logs it).
+FD_COUNTS[ACCEPTED] = frozenset({0, 1})
+# One per end named; that the two agree is the monitor's check (EINVAL).
+FD_COUNTS[HOLD] = frozenset(range(MAX_ENDS + 1))
+FD_COUNTS[FORKED] = frozenset(range(MAX_ENDS + 1))
 
 FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
 

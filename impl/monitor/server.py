@@ -18,14 +18,28 @@ one atomic step, which is exactly what Connect.tla's actions assume.
 
 Token sharing (spec/tla/TokenSharing.tla, across processes): a connection
 end may be held by several processes once a fork child says FORKED; the
-monitor keeps the set of *holders* of each end, and the end closes only when
-its last holder closes it or dies.  Each end's send and recv token has a row
-in the token table -- holder pid, FIFO queue of pids, whether a RECALL is
-out -- made on the first TAKE.  The monitor pushes RECALL and GRANT to each
-process's *agent channel* (HELLO role "agent"), keeping them for a process
-whose agent has not said HELLO yet.  A holder that dies or closes its copy
-of the end has its tokens reclaimed: the token word in the ring is reset
-through the monitor's own mapping and the token goes to the next in queue.
+monitor keeps the set of *holders* of each end.
+
+Fork (spec/tla/Fork.tla): before the first fork() an end lives through, its
+process sends the read end of the end's *hold pipe* (HOLD); every process
+that holds the end has a copy of the write end, so the read end reports
+POLLHUP exactly when no process holds it any more -- the kernel's count,
+which includes children whose FORKED has not come yet.  The monitor watches
+each read end in its selector.  An end closes for the monitor only when its
+registered holders are gone AND its hold pipe (if it has one) reports
+POLLHUP; if its last holder died without closing, the monitor closes its
+ring ends for it, so that the peer sees EOF.  A child proves that it holds
+an end with its copy of the write end (FORKED), an acceptor that it took a
+connection with the memfd of the ring it reads (ACCEPTED, on its own process
+channel: the listener's channel may be shared by a pre-fork pool).
+
+Each end's send and recv token has a row in the token table -- holder pid,
+FIFO queue of pids, whether a RECALL is out -- made on the first TAKE.  The
+monitor pushes RECALL and GRANT to each process's *agent channel* (HELLO
+role "agent"), keeping them for a process whose agent has not said HELLO
+yet.  A holder that dies or closes its copy of the end has its tokens
+reclaimed: the token word in the ring is reset through the monitor's own
+mapping and the token goes to the next in queue.
 
 What keeps the loop alive: every event handler runs under :meth:`Monitor._run`,
 which logs an unexpected exception (and answers the request that raised it
@@ -49,6 +63,7 @@ import select
 import selectors
 import signal
 import socket
+import stat
 import struct
 import time
 from collections import deque
@@ -85,6 +100,8 @@ _ONE_WAY = frozenset({P.ACCEPTED, P.CLOSE, P.TAKE, P.RELEASE})
 _SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 #: Most rounds of waiting messages a STATUS handles before it answers.
 _SETTLE_ROUNDS = 16
+#: Most messages of a dead process's channel handled before its clean-up.
+_DRAIN_MAX = 4096
 
 
 @dataclass
@@ -148,18 +165,20 @@ class Conn:
     pids: set[int] = field(init=False)
     #: (end, dir) -> its row of the token table, made on first use
     tokens: dict[tuple[str, str], Token] = field(default_factory=dict)
-    #: end -> pids that closed their copy while a fork child not yet
-    #: registered still held it (CLOSE "shared"): such a child may still say
-    #: FORKED with one of them as its parent
-    lent: dict[str, set[int]] = field(init=False)
+    #: end -> the read end of its hold pipe (HOLD), watched in the selector
+    #: until it reports POLLHUP (no process holds the end any more)
+    hold: dict[str, int] = field(default_factory=dict)
+    #: ends whose hold pipe reported POLLHUP: closed once no holder is registered
+    unheld: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.holders = {"client": {self.client}, "server": {self.server}}
-        self.pids = {self.client, self.server}
-        self.lent = {"client": set(), "server": set()}
+        # The server end is nobody's until a process says ACCEPTED (with
+        # proof): in a pre-fork pool, any holder of the listener may take it.
+        self.holders = {"client": {self.client}, "server": set()}
+        self.pids = {self.client}
 
     def origin(self, end: str) -> int:
-        """The pid that made *end*: the connecting process or the listener's owner."""
+        """The pid that made *end*: the connecting process or the one that accepted it."""
         return self.client if end == "client" else self.server
 
 
@@ -380,6 +399,8 @@ class Monitor:
             chan.listener = None
             self._drop_channel(chan)
         for conn in list(self.conns.values()):
+            for end in P.ENDS:
+                self._unwatch(conn, end)
             conn.cs.close()
             conn.sc.close()
         self.conns.clear()
@@ -704,7 +725,18 @@ class Monitor:
         return (proc.netns, family, *addr), addr
 
     def _unlisten(self, key: tuple) -> None:
-        """Connect.tla!Unlisten: queued connections are reset."""
+        """Connect.tla!Unlisten: queued connections are reset.
+
+        An ACCEPTED travels on the acceptor's process channel, not on the
+        listener's: one sent before the listener closed may still wait
+        there.  So what waits on other channels is handled first, and only
+        connections nobody took are reset.
+        """
+        lst = self.listeners.get(key)
+        if lst is None:
+            return
+        if lst.queue:
+            self._settle(lst.chan)
         lst = self.listeners.pop(key, None)
         if lst is None:
             return
@@ -736,14 +768,14 @@ class Monitor:
             self._reply_error(chan, errno.ECONNREFUSED, f"connect to {_fmt(dest)} {decision}")
             return
         lst = self._find_listener(proc, family, dest)
-        owner = self.procs.get(lst.owner) if lst is not None else None
-        if owner is not None and owner.pid != proc.pid and _readable(owner.pidfd):
-            # Connect.tla!HasRoom wants a live owner: one that has exited (its
-            # pidfd event not handled yet) is cleaned up first (Cleanup), so no
-            # ring is set up towards a dead process.
-            self.cleanup(owner.pid)
-            owner = None
-        if lst is None or owner is None:
+        if lst is not None and _hung_up(lst.chan.sock):
+            # Connect.tla!HasRoom wants a live listener: one whose every holder
+            # has closed it or exited (the channel's EOF not handled yet) is
+            # removed first, so no ring is set up towards nobody.  Its owner
+            # alone does not decide: fork children may hold the listener.
+            self._drop_channel(lst.chan)
+            lst = None
+        if lst is None:
             self._kernel_route(chan)
             return
         if len(lst.queue) >= lst.backlog:
@@ -817,7 +849,6 @@ class Monitor:
         self.conns[cid] = conn
         lst.queue.append(cid)
         proc.conns.add(cid)
-        self.procs[lst.owner].conns.add(cid)
         self.counters["connections"] += 1
         if not self._reply(chan, P.OK, {"route": "ring", "id": cid, "peer": dest},
                            (*cs.fds(), *sc.fds())):
@@ -870,13 +901,31 @@ class Monitor:
 
     # Connect.tla!Accept
     def _on_accepted(self, chan: Channel, msg: P.Message) -> None:
+        """ACCEPTED: the sender took a queued connection; it holds the server end from now on.
+
+        One-way, so a refusal is only logged.  The proof is the memfd of the
+        ring the server end reads: only a process that received the NEWCONN
+        has it.  In a pre-fork pool the acceptor is any holder of the
+        listener, not its owner; tokens, CLOSE and clean-up at death are
+        attributed to the acceptor.
+        """
         cid = msg.body["id"]
-        lst = self.listeners.get(chan.listener) if chan.listener else None
-        if lst is None or cid not in lst.queue:
-            return  # reset meanwhile, closed already, or not this listener's: nothing to do
-        lst.queue.remove(cid)
-        self.conns[cid].sstate = "open"
+        conn = self.conns.get(cid)
+        if conn is None or conn.sstate != "queued":
+            return  # reset meanwhile, or closed already: nothing to do
+        if len(msg.fds) != 1 or not _same_file(msg.fds[0], conn.cs.fds().memfd):
+            log.warning("pid %d: ACCEPTED of connection %d %s: ignored", chan.pid, cid,
+                        "without a proof" if not msg.fds
+                        else "with a descriptor that is not its ring")
+            return
+        self._dequeue(conn)
+        conn.sstate = "open"
         self.counters["accepted"] += 1
+        pid = chan.pid
+        conn.server = pid
+        conn.holders["server"] = {pid}
+        conn.pids.add(pid)
+        self.procs[pid].conns.add(cid)
 
     # Connect.tla!Close
     def _on_close(self, chan: Channel, msg: P.Message) -> None:
@@ -889,48 +938,83 @@ class Monitor:
                         end)
             return
         pid = chan.pid
-        # Other processes still hold the end, by the kernel's count; maybe a
-        # fork child whose FORKED has not come yet (ForkingMixIn closes the
-        # parent's copy right after fork): the end must wait for it.
-        shared = msg.body.get("shared") is True
-        # A holder's copy of an end: the end itself closes with its last holder.
+        # A holder's copy of an end: the end itself closes when no process
+        # holds it (the hold pipe counts them).  "shared" (version 2) is ignored.
         if pid in conn.holders["client"] and end != "server":
-            self._leave_end(conn, "client", pid, dead=False, shared=shared)
+            self._leave_end(conn, "client", pid, dead=False)
         elif pid in conn.holders["server"] and end != "client":
-            if conn.sstate == "queued":
-                # Accepted and closed, and this CLOSE (process channel) overtook
-                # the ACCEPTED (listener channel): only the acceptor knows the id.
-                self._dequeue(conn)
-                self.counters["accepted"] += 1
-                conn.sstate = "open"
-            self._leave_end(conn, "server", pid, dead=False, shared=shared)
+            self._leave_end(conn, "server", pid, dead=False)
         elif pid not in conn.pids:
             log.warning("pid %d tried to close connection %d of pids %d and %d",
                         chan.pid, conn.id, conn.client, conn.server)
 
-    def _leave_end(self, conn: Conn, end: str, pid: int, *, dead: bool,
-                   shared: bool = False) -> None:
+    # Fork!Close (the monitor's part) and Fork!Reap
+    def _leave_end(self, conn: Conn, end: str, pid: int, *, dead: bool) -> None:
         """Process *pid* no longer holds *end* of *conn*: it closed its copy or died.
 
         Its tokens of that end are reclaimed (and its place in their queues
-        given up); the end closes when its last holder is gone -- its ring
-        ends closed on its behalf if that holder died -- unless *shared*: the
-        closer knows of other holders (fork children yet to say FORKED).
+        given up); the end closes once no process holds it (_maybe_close).
         """
         holders = conn.holders[end]
         if pid not in holders:
             return
-        if pid == conn.origin(end) and len(holders) > 1:
+        if pid == conn.origin(end) and (len(holders) > 1 or end in conn.hold):
             # Its tokens are in no row yet (no TAKE so far): they are still
-            # with it, and leave it now like any holder's.
+            # with it, and leave it now like any holder's -- also when the
+            # other holders are children not registered yet (hold pipe).
             for d in P.DIRS:
                 self._token(conn, end, d)
         holders.discard(pid)
         self._reclaim(conn, end, pid)
-        if shared:
-            conn.lent[end].add(pid)
-        elif not holders:
-            self._close_side(conn, end, dead=dead)
+        if not holders:
+            self._maybe_close(conn, end, dead=dead)
+
+    # Fork!MonClose
+    def _maybe_close(self, conn: Conn, end: str, *, dead: bool) -> None:
+        """Close *end* if no process holds it: no registered holder, hold pipe at POLLHUP.
+
+        An end that was ever forked (it has a hold pipe) may have lost its
+        last holder by death while another closed before it: its ring ends
+        are closed here in any case (a no-op if the last closer did it).
+        """
+        if conn.holders[end] or (conn.cstate if end == "client" else conn.sstate) == "closed":
+            return
+        forked = end in conn.hold or end in conn.unheld
+        if end in conn.hold:
+            if not _poll_now(conn.hold[end], select.POLLIN) & select.POLLHUP:
+                return      # a process holds it still: a child whose FORKED is to come
+            self._unwatch(conn, end)
+        self._close_side(conn, end, dead=dead or forked)
+
+    def _unwatch(self, conn: Conn, end: str) -> None:
+        """Stop watching *end*'s hold pipe and close our read end of it."""
+        fd = conn.hold.pop(end, None)
+        if fd is None:
+            return
+        conn.unheld.add(end)
+        try:
+            self._sel.unregister(fd)
+        except (KeyError, ValueError):
+            pass
+        os.close(fd)
+
+    def _on_hold_event(self, conn: Conn, end: str) -> None:
+        """A hold pipe's read end is ready: POLLHUP means no process holds the end any more."""
+        fd = conn.hold.get(end)
+        if fd is None or self.conns.get(conn.id) is not conn:
+            return
+        ev = _poll_now(fd, select.POLLIN)
+        if ev & select.POLLHUP:
+            log.debug("connection %d: no process holds the %s end any more", conn.id, end)
+            self._unwatch(conn, end)
+            self._maybe_close(conn, end, dead=True)
+        elif ev & select.POLLIN:
+            # Nothing is ever written there by the library: a holder wrote
+            # into its copy.  Drain it, or the selector would report it again.
+            try:
+                os.read(fd, 65536)
+            except OSError:
+                pass
 
     def _dequeue(self, conn: Conn) -> None:
         lst = self.listeners.get(conn.key)
@@ -948,8 +1032,9 @@ class Monitor:
             conn.cstate = "closed"
         else:
             conn.sstate = "closed"
-        # A closed end has no holders and no tokens (a reset queued end may still list one).
+        # A closed end has no holders, no tokens and no hold pipe to watch.
         conn.holders[side].clear()
+        self._unwatch(conn, side)
         for d in P.DIRS:
             conn.tokens.pop((side, d), None)
         if conn.cstate == "closed" and conn.sstate == "closed":
@@ -970,12 +1055,46 @@ class Monitor:
         conn.sc.close()
         self._pool_ok = True    # descriptors were freed: the pool may grow again
 
-    # -- token sharing (TokenSharing.tla) ---------------------------------------------
+    # -- fork (Fork.tla) ---------------------------------------------------------------
+    def _on_hold(self, chan: Channel, msg: P.Message) -> None:
+        """HOLD: the sender will fork; watch the hold pipe of each end it names.
+
+        The sender must hold each end; each descriptor must be a pipe's read
+        end.  An end watched already keeps its first pipe (the copies of the
+        write end are what count, and every holder has the first one's).
+        """
+        pid = chan.pid
+        try:
+            pairs = self._ends_of(msg)
+            for i, (conn, end) in enumerate(pairs):
+                if pid not in conn.holders[end]:
+                    raise _Refused(errno.EPERM, f"pid {pid} does not hold the {end} end of "
+                                   f"connection {conn.id}")
+                if not _is_pipe(msg.fds[i], os.O_RDONLY):
+                    raise _Refused(errno.EINVAL, f"HOLD descriptor {i} is not the read end "
+                                   "of a pipe")
+        except _Refused as exc:
+            log.warning("pid %d: HOLD refused: %s", pid, exc)
+            self._reply_error(chan, exc.errno, str(exc))
+            return
+        fds, msg.fds = msg.fds, []
+        watched = 0
+        for (conn, end), fd in zip(pairs, fds, strict=True):
+            if end in conn.hold or end in conn.unheld:
+                os.close(fd)
+                continue
+            self._sel.register(fd, selectors.EVENT_READ,
+                               lambda _fd, conn=conn, end=end: self._on_hold_event(conn, end))
+            conn.hold[end] = fd
+            watched += 1
+        self._reply(chan, P.OK, {"ends": watched})
+
+    # Fork!Register
     def _on_forked(self, chan: Channel, msg: P.Message) -> None:
-        """FORKED: a fork child holds its parent's ends too, from now on."""
+        """FORKED: a fork child holds these ends too; each proven by its copy of the hold pipe."""
         child = chan.pid
         try:
-            parent, ends = self._check_forked(child, msg.body)
+            ends = self._check_forked(msg)
         except _Refused as exc:
             log.warning("pid %d: FORKED refused: %s", child, exc)
             self._reply_error(chan, exc.errno, str(exc))
@@ -986,35 +1105,53 @@ class Monitor:
             conn.pids.add(child)
             proc.conns.add(conn.id)   # so that its death is cleaned up (its pidfd is watched)
         self.counters["forks"] += 1
-        log.info("pid %d, a child of %d, holds %d connection ends too", child, parent,
-                 len(ends))
+        log.info("pid %d, a fork child, holds %d connection ends too", child, len(ends))
         self._reply(chan, P.OK, {"ends": len(ends)})
 
-    def _check_forked(self, child: int, body: dict) -> tuple[int, list[tuple[Conn, str]]]:
-        """The parent and the (connection, end) pairs of a FORKED; _Refused if not allowed.
+    def _check_forked(self, msg: P.Message) -> list[tuple[Conn, str]]:
+        """The (connection, end) pairs of a FORKED; _Refused unless each is proven.
 
-        The kernel, not the message, says who the child's parent is; and a
-        parent can only hand on ends it holds itself.
+        The proof of an end is a descriptor of its hold pipe's write end:
+        the kernel, not the message, says that the sender holds the end.  No
+        parent needs to be alive or known.
         """
-        parent, raw = body["parent"], body["ends"]
+        pairs = self._ends_of(msg)
+        for i, (conn, end) in enumerate(pairs):
+            fd = conn.hold.get(end)
+            if fd is None:
+                raise _Refused(errno.EPERM, f"the {end} end of connection {conn.id} has no "
+                               "hold pipe (no HOLD before the fork, or no process holds it)")
+            if not _is_pipe(msg.fds[i], os.O_WRONLY) or not _same_file(msg.fds[i], fd):
+                raise _Refused(errno.EPERM, f"FORKED descriptor {i} is not the write end of "
+                               f"the hold pipe of the {end} end of connection {conn.id}")
+        return pairs
+
+    def _ends_of(self, msg: P.Message) -> list[tuple[Conn, str]]:
+        """The [[id, end], ...] of a HOLD or FORKED as open (connection, end) pairs.
+
+        EINVAL for a malformed list or a descriptor count that differs from
+        it; EPERM for a connection this monitor does not have open.
+        """
+        raw = msg.body["ends"]
+        if not raw:
+            raise _Refused(errno.EINVAL, f'{msg.name} "ends" is empty')
         for item in raw:
             if (not isinstance(item, list) or len(item) != 2 or item[0].__class__ is not int
                     or item[1] not in P.ENDS):
-                raise _Refused(errno.EINVAL, 'FORKED "ends" must be [[id, "client" or '
+                raise _Refused(errno.EINVAL, f'{msg.name} "ends" must be [[id, "client" or '
                                f'"server"], ...], got {_quote(item)} in it')
-        real = _parent_pid(child)
-        if real != parent:
-            raise _Refused(errno.EPERM, f"pid {child}'s parent is {real}, not {_quote(parent)}")
-        ends = []
+        if len(msg.fds) != len(raw):
+            raise _Refused(errno.EINVAL, f"{msg.name} names {len(raw)} ends but carries "
+                           f"{len(msg.fds)} descriptors (one per end)")
+        pairs = []
         for cid, end in raw:
             conn = self.conns.get(cid)
-            if conn is None or (parent not in conn.holders[end]
-                                and parent not in conn.lent[end]):
-                raise _Refused(errno.EPERM, f"pid {parent} does not hold the {end} end of "
-                               f"connection {_quote(cid)}")
-            ends.append((conn, end))
-        return parent, ends
+            if conn is None or (conn.cstate if end == "client" else conn.sstate) != "open":
+                raise _Refused(errno.EPERM, f"no open {end} end of connection {_quote(cid)}")
+            pairs.append((conn, end))
+        return pairs
 
+    # -- token sharing (TokenSharing.tla) ---------------------------------------------
     def _token_of(self, chan: Channel, msg: P.Message) -> tuple[Conn, str, str, Token] | None:
         """The token a TAKE or RELEASE names, if the sender holds its end; else None (logged).
 
@@ -1234,9 +1371,18 @@ class Monitor:
         if proc is None:
             return
         self.counters["deaths"] += 1
+        self._drain(proc)
+        if self.procs.get(pid) is not proc:
+            return
         log.info("process %d exited: %d listeners, %d connections to clean up",
                  pid, len(proc.listeners), len(proc.conns))
         for key in list(proc.listeners):
+            lst = self.listeners.get(key)
+            if lst is not None and not _hung_up(lst.chan.sock):
+                # Fork children still hold the listener (its channel is
+                # open): it stays, until the channel's EOF.
+                proc.channels.discard(lst.chan.sock.fileno())
+                continue
             self._unlisten(key)
         for cid in sorted(proc.conns):
             conn = self.conns.get(cid)
@@ -1250,6 +1396,23 @@ class Monitor:
             if chan is not None:
                 self._drop_channel(chan)
         self._forget_proc(proc)
+
+    def _drain(self, proc: Proc) -> None:
+        """Handle what a process sent before it died, still waiting in its channels.
+
+        Its death may be seen first: an ACCEPTED (which makes it the holder
+        of an end), a CLOSE or a FORKED it sent must count all the same, or
+        an end it took would stay queued for ever.  Bounded: a dead process
+        sends nothing more, and its channels hold at most their buffers.
+        """
+        for fd in sorted(proc.channels):
+            chan = self.channels.get(fd)
+            if chan is None or chan.listener is not None:
+                continue       # a listener's channel may be held by its fork children
+            for _ in range(_DRAIN_MAX):
+                if self.channels.get(fd) is not chan or not _readable(fd):
+                    break
+                self._on_channel(chan.sock)
 
     def _forget_proc(self, proc: Proc) -> None:
         if self.procs.get(proc.pid) is not proc:
@@ -1298,7 +1461,8 @@ class Monitor:
         conns = [{"id": c.id, "client": c.client, "server": c.server,
                   "address": list(c.key[2:]), "client_side": c.cstate,
                   "server_side": c.sstate, "bytes": _ring_bytes(c.cs) + _ring_bytes(c.sc),
-                  "holders": {end: sorted(c.holders[end]) for end in P.ENDS}}
+                  "holders": {end: sorted(c.holders[end]) for end in P.ENDS},
+                  "hold": {end: _hold_state(c, end) for end in P.ENDS}}
                  for c in itertools.islice(self.conns.values(), MAX_ROWS)]
         tokens = [{"id": c.id, "end": end, "dir": d, "holder": t.holder,
                    "queue": list(t.queue), "recalled": t.recalled}
@@ -1318,7 +1482,8 @@ class Monitor:
                     "rules": self.acl.describe()},
             "counts": {"listeners": len(self.listeners), "connections": len(self.conns),
                        "processes": len(self.procs), "channels": len(self.channels),
-                       "tokens": sum(len(c.tokens) for c in self.conns.values())},
+                       "tokens": sum(len(c.tokens) for c in self.conns.values()),
+                       "hold_pipes": sum(len(c.hold) for c in self.conns.values())},
             "listeners": listeners,
             "connections": conns,
             "tokens": tokens,
@@ -1336,7 +1501,7 @@ class Monitor:
         P.HELLO: _on_hello, P.PING: _on_ping, P.STATUS: _on_status, P.STATS: _on_stats,
         P.RELOAD: _on_reload, P.STOP: _on_stop, P.LISTEN: _on_listen,
         P.CONNECT: _on_connect, P.ACCEPTED: _on_accepted, P.CLOSE: _on_close,
-        P.TAKE: _mon_take, P.RELEASE: _mon_release, P.FORKED: _on_forked,
+        P.TAKE: _mon_take, P.RELEASE: _mon_release, P.FORKED: _on_forked, P.HOLD: _on_hold,
     }
 
 
@@ -1468,15 +1633,29 @@ def _fmt(addr: list) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _parent_pid(pid: int) -> int | None:
-    """Process *pid*'s parent from /proc (None if it is gone): the kernel's word, not its."""
+def _same_file(a: int, b: int) -> bool:
+    """Do descriptors *a* and *b* name the same file (a pipe's two ends do; a memfd)?"""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
+        sa, sb = os.fstat(a), os.fstat(b)
     except OSError:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
-    return int(stat.rsplit(b")", 1)[1].split()[1])
+        return False
+    return (sa.st_ino, sa.st_dev) == (sb.st_ino, sb.st_dev)
+
+
+def _is_pipe(fd: int, mode: int) -> bool:
+    """Is *fd* a pipe end opened for *mode* (os.O_RDONLY: the read end, os.O_WRONLY: the write)?"""
+    try:
+        return (stat.S_ISFIFO(os.fstat(fd).st_mode)
+                and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == mode)
+    except OSError:
+        return False
+
+
+def _hold_state(conn: Conn, end: str) -> str:
+    """STATUS: "watched" (a hold pipe is watched), "unheld" (it reported POLLHUP) or "none"."""
+    if end in conn.hold:
+        return "watched"
+    return "unheld" if end in conn.unheld else "none"
 
 
 def _token_ring(conn: Conn, end: str, d: str) -> tuple[Ring, str]:

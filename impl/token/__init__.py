@@ -28,7 +28,6 @@ across processes then, so it polls with a growing back-off.
 from __future__ import annotations
 
 import errno
-import os
 import threading
 import time
 import weakref
@@ -307,19 +306,28 @@ class Token:
 
     # -- fork ------------------------------------------------------------------------------
     def _forked_child(self) -> None:
-        """In a new child: it holds nothing until the monitor grants it (Fork.tla)."""
+        """In a new child: it holds nothing until the monitor grants it (Fork.tla).
+
+        The lock is made anew: a thread of the parent may have held it at
+        the fork, and that thread is not in the child.  So may a send that
+        was inside Token.hold(): its ``_outer`` mark is the parent's.
+        """
         self.cond = threading.Condition(threading.Lock())
         self.queue = deque()
         self.asked = False
+        self.endpoint._outer = False
         if self.key is not None:
             self.held = False
 
 
-def _after_fork_in_child() -> None:
+def _forked_child() -> None:
+    """In a new fork child (called by impl.fork's hook): tokens are the parent's until asked."""
     if _lib is not None:
         _lib.sd_token_forget_self()
     for tok in list(_live):
         tok._forked_child()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+# The hook that calls _forked_child: imported here so that a process using
+# tokens without sockets has it too.
+import impl.fork  # noqa: E402, F401

@@ -10,8 +10,10 @@ whichever thread owes them (one-way messages: SOCK_SEQPACKET keeps each
 whole).
 
 The agent starts on demand: in a process that asks for a token, and in
-both processes at a fork() while ring sockets are open (the child must be
-able to ask, the parent to answer).
+the parent at a fork() while ring sockets are open (the parent must be able
+to answer the child's TAKE).  It is an :class:`impl.fork.PerProcess`
+resource ("token-agent"): a fork child never uses its parent's (whose
+thread is not in the child anyway) and starts its own on first use.
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ import logging
 import os
 import threading
 
+from impl.fork import PerProcess
 from impl.monitor import client as _client
 from impl.monitor import protocol as P
 
 __all__ = ["ensure", "send_take", "send_release", "register_child", "running"]
 
 log = logging.getLogger("socksdirect.token")
-
-_lock = threading.Lock()
-_agent: _Agent | None = None
 
 
 class _Agent:
@@ -89,27 +89,39 @@ def _body(key: tuple) -> dict:
     return {"id": cid, "end": end, "dir": direction}
 
 
+def _start() -> _Agent | None:
+    """Fork!CreateResource: open an agent channel and start its thread (None: no monitor)."""
+    chan = _client.open_agent_channel()
+    return None if chan is None else _Agent(chan)
+
+
+def _close(agent: _Agent) -> None:
+    # Its thread has ended (the monitor closed the channel), or the process
+    # replaces it: the channel is ours to close.
+    agent.chan.close()
+
+
+def _orphan(agent: _Agent) -> None:
+    # In a fork child: the parent's channel, silently dropped (its thread is not here).
+    fd = agent.chan.sock.detach()
+    if fd >= 0:
+        os.close(fd)
+
+
+_agent: PerProcess[_Agent] = PerProcess("token-agent", _start,
+                                        alive=lambda a: a.thread.is_alive(),
+                                        close=_close, orphan=_orphan)
+
+
 def ensure() -> _Agent | None:
     """The running agent of this process, started if need be; None without a monitor."""
-    global _agent
-    agent = _agent
-    if agent is not None and agent.pid == os.getpid() and agent.thread.is_alive():
-        return agent
-    with _lock:
-        agent = _agent
-        if agent is not None and agent.pid == os.getpid() and agent.thread.is_alive():
-            return agent
-        chan = _client.open_agent_channel()
-        if chan is None:
-            return None
-        _agent = agent = _Agent(chan)
-        return agent
+    return _agent.get()
 
 
 def running() -> bool:
     """Is this process's agent up (for tests and diagnostics)?"""
-    agent = _agent
-    return agent is not None and agent.pid == os.getpid() and agent.thread.is_alive()
+    agent = _agent.peek()
+    return agent is not None and agent.thread.is_alive()
 
 
 def send_take(key: tuple) -> bool:
@@ -124,27 +136,18 @@ def send_release(key: tuple) -> bool:
     return agent is not None and agent.send(P.RELEASE, _body(key))
 
 
-def register_child(parent: int, ends: list[list]) -> None:
-    """In a fork child: tell the monitor it holds *ends* too (FORKED).
+def register_child(ends: list[list], proofs: list[int]) -> None:
+    """In a fork child: tell the monitor it holds *ends* too (Fork!Register, FORKED).
 
-    A request on the process's control channel, not the agent's: its reply
-    must not reach the agent thread, and the child must be known as a
-    holder before it runs on (its parent may exit at once).
+    *proofs* are the child's copies of the ends' hold-pipe write ends, one
+    per end, in order.  A request on the process's control channel, not
+    the agent's: its reply must not reach the agent thread, and the child
+    must be known as a holder before it runs on (its parent may exit at once).
     """
-    try:
-        _client.request(P.FORKED, {"parent": parent, "ends": ends})
-    except OSError as exc:
-        log.warning("the monitor did not take this fork child as a holder: %s", exc)
-
-
-def _after_fork_in_child() -> None:
-    global _agent, _lock
-    _lock = threading.Lock()
-    if _agent is not None:
-        fd = _agent.chan.sock.detach()  # the parent's: drop our copy silently
-        if fd >= 0:
-            os.close(fd)
-        _agent = None
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+    for start in range(0, len(ends), P.MAX_ENDS):
+        part = slice(start, start + P.MAX_ENDS)
+        try:
+            _client.request(P.FORKED, {"ends": ends[part]}, proofs[part])
+        except OSError as exc:
+            log.warning("the monitor did not take this fork child as a holder: %s", exc)
+            return
