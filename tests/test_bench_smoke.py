@@ -820,7 +820,7 @@ def test_forking_server_checks_every_answer(monkeypatch: pytest.MonkeyPatch) -> 
     """A server that answers wrongly fails the measurement instead of counting it."""
     def wrong(self) -> None:
         forking._recv_exact(self.request, 64)
-        self.request.sendall(bytes(64))
+        self.request.sendall(b"\xff" * 64)   # no request reversed is all ones
 
     monkeypatch.setattr(forking._Handler, "handle", wrong)   # the server is forked after this
     with pytest.raises(AssertionError, match="wrong answer"):
