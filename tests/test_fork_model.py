@@ -20,7 +20,6 @@ state where it is resolved is reachable.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from spec import fork as m
 from spec.statespace import StateGraph, can_reach, explore
 from spec.tracecheck import Event, check_traces
 from tests.gates import needs_tlc
-from tests.tlc_checks import reachability_copy
+from tests.tlc_checks import invariant_verdicts, reachability_copy
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "tla"
 SMALL = "MCForkSmall"
@@ -433,40 +432,15 @@ def test_invariant_predicates_agree_with_tlc(tmp_path: Path) -> None:
     where the TLA+ ones do, not only agree that all hold on the reachable
     states.
     """
-    from spec.tlavalue import parse, to_tla
-    from spec.tlc import run_tlc
 
     k = WALK
     rng = random.Random(7)
     met = {s for _ in range(30) for s in _walk_states(k, rng, 50)}
     states = _perturbed(k, rng.sample(sorted(met, key=repr), 400), rng)
     names = list(m.INVARIANTS)
-    for src in SPEC_DIR.glob("*.tla"):
-        os.symlink(src, tmp_path / src.name)
-    variables = list(m.State._fields)
-    lines = ["---- MODULE XInv ----", "EXTENDS Fork, TLC", "VARIABLE xn"]
-    lines += [f"XConst_{c} == {to_tla(v)}" for c, v in k.constants().items()]
-    lines.append("XS == <<")
-    lines += [("  " if n == 0 else ", ") + to_tla(m.to_tla_state(k, s))
-              for n, s in enumerate(states)]
-    lines.append(">>")
-    lines.append("XInit == xn \\in 1..Len(XS) /\\ "
-                 + " /\\ ".join(f"{v} = XS[xn].{v}" for v in variables))
-    lines.append("XNext == UNCHANGED <<xn, vars>>")
-    lines.append(f"XReport == PrintT(<<\"XINV\", xn, {', '.join(names)}>>)")
-    lines.append("====")
-    (tmp_path / "XInv.tla").write_text("\n".join(lines) + "\n")
-    cfg = ["CONSTANTS", *(f"    {c} <- XConst_{c}" for c in k.constants())]
-    cfg += ["INIT XInit", "NEXT XNext", "INVARIANT XReport"]
-    (tmp_path / "XInv.cfg").write_text("\n".join(cfg) + "\n")
-    res = run_tlc(tmp_path, "XInv", "XInv.cfg", workers=1, deadlock=False, timeout=TLC_TIMEOUT)
-    assert res.ok, res.report()
-    verdicts = {}
-    for line in res.output.splitlines():
-        if line.startswith('<<"XINV"'):
-            _, n, *vals = parse(line)
-            verdicts[n] = [name for name, ok in zip(names, vals, strict=True) if not ok]
-    assert sorted(verdicts) == list(range(1, len(states) + 1))
+    verdicts = invariant_verdicts(
+        tmp_path, "Fork", k.constants(), m.State._fields,
+        [m.to_tla_state(k, s) for s in states], names, TLC_TIMEOUT)
     for n, s in enumerate(states, 1):
         assert m.invariants(k, s) == verdicts[n], (n, s)
     assert sum(1 for v in verdicts.values() if v) >= 100     # many broken states

@@ -10,7 +10,7 @@ from spec import tlc
 from spec.configs import CFG_SECTION, TLA_DIR, CheckedConfig, outcome
 
 __all__ = ["result_of", "assert_meets_expectation", "assert_every_action_fires",
-           "reachability_copy"]
+           "reachability_copy", "invariant_verdicts"]
 
 _results: dict[str, tlc.TLCResult] = {}
 
@@ -71,3 +71,43 @@ def reachability_copy(name: str, dest: Path, *, invariants: bool) -> str:
             kept.append(line)
     (dest / f"{name}.cfg").write_text("\n".join(kept) + "\n")
     return f"{name}.cfg"
+
+
+def invariant_verdicts(dest: Path, module: str, constants: dict, variables: Iterable[str],
+                       states: list[dict], invariants: list[str],
+                       timeout: float) -> dict[int, list[str]]:
+    """TLC's verdict on each of *states* (TLA+ records of *variables*), numbered from 1.
+
+    A module that EXTENDS *module* makes each state an initial state and
+    prints every invariant's value in it; the result maps each state's number
+    to the names of the invariants it violates.  The models' tests hold
+    their own invariant functions against this.
+    """
+    from spec.tlavalue import parse, to_tla
+
+    for src in TLA_DIR.glob("*.tla"):
+        os.symlink(src, dest / src.name)
+    lines = ["---- MODULE XInv ----", f"EXTENDS {module}, TLC", "VARIABLE xn"]
+    lines += [f"XConst_{c} == {to_tla(v)}" for c, v in constants.items()]
+    lines.append("XS == <<")
+    lines += [("  " if n == 0 else ", ") + to_tla(s) for n, s in enumerate(states)]
+    lines.append(">>")
+    lines.append("XInit == xn \\in 1..Len(XS) /\\ "
+                 + " /\\ ".join(f"{v} = XS[xn].{v}" for v in variables))
+    lines.append("XNext == UNCHANGED <<xn, vars>>")
+    lines.append(f"XReport == PrintT(<<\"XINV\", xn, {', '.join(invariants)}>>)")
+    lines.append("====")
+    (dest / "XInv.tla").write_text("\n".join(lines) + "\n")
+    cfg = ["CONSTANTS", *(f"    {c} <- XConst_{c}" for c in constants)]
+    cfg += ["INIT XInit", "NEXT XNext", "INVARIANT XReport"]
+    (dest / "XInv.cfg").write_text("\n".join(cfg) + "\n")
+    res = tlc.run_tlc(dest, "XInv", "XInv.cfg", workers=1, deadlock=False, timeout=timeout)
+    assert res.ok, res.report()
+    verdicts = {}
+    for line in res.output.splitlines():
+        if line.startswith('<<"XINV"'):
+            _, n, *vals = parse(line)
+            verdicts[n] = [name for name, ok in zip(invariants, vals, strict=True) if not ok]
+    assert sorted(verdicts) == list(range(1, len(states) + 1)), "TLC skipped states"
+    return verdicts
+
