@@ -1217,7 +1217,11 @@ class _Listener:
         Raises PermissionError if the monitor's rules deny it; the kernel
         socket then stops listening.
         """
-        ksock = _stdsocket.socket(fileno=os.dup(_stdsocket.socket.fileno(sock)))
+        fd = _stdsocket.socket.fileno(sock)
+        # The copy shares the open file, and with it O_NONBLOCK, which the
+        # listener sets: a socket that stays the kernel's gets its own back.
+        blocking = os.get_blocking(fd)
+        ksock = _stdsocket.socket(fileno=os.dup(fd))
         bufs = {k: sock._buf_opt(k[1]) for k in _BUF_OPTS if k in sock._bufs}
         lst = cls(ksock, sock.family, max(0, min(backlog, 65535)), bufs)
         try:
@@ -1225,12 +1229,14 @@ class _Listener:
                 return lst
         except PermissionError:
             lst.close()
+            os.set_blocking(fd, blocking)
             try:
                 _stdsocket.socket.shutdown(sock, SHUT_RD)  # a TCP listener stops listening
             except OSError:
                 pass
             raise
         lst.close()
+        os.set_blocking(fd, blocking)
         return None
 
     def register(self) -> bool:

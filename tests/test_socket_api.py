@@ -1215,3 +1215,29 @@ def test_no_descriptor_or_table_leaks(monitor):
     status = monitor.status()
     assert [c for c in status["connections"] if c["id"] not in old_conns] == []
     assert {tuple(x["address"]) for x in status["listeners"]} <= old_listeners
+
+
+@pytest.mark.parametrize("timeout", [None, 0.0])
+def test_listen_without_a_monitor_keeps_the_kernel_blocking_mode(monkeypatch, timeout):
+    """No monitor: the listener stays the kernel's, blocking exactly as its timeout says.
+
+    The listener's copy of the descriptor shares O_NONBLOCK with it; a
+    failed registration must not leave it set (a blocking accept() would
+    raise EAGAIN), nor clear it on a non-blocking socket.
+    """
+    monkeypatch.setattr(monclient, "open_listener_channel", lambda: None)
+    with impl.socket() as srv:
+        srv.settimeout(timeout)
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        assert srv.transport == "kernel"
+        assert srv.gettimeout() == timeout
+        assert os.get_blocking(srv.fileno()) is (timeout is None)
+        if timeout is None:
+            done = []
+            t = threading.Thread(target=lambda: done.append(srv.accept()), daemon=True)
+            t.start()
+            with stdsocket.create_connection(srv.getsockname(), timeout=WAIT):
+                t.join(WAIT)
+            assert done and done[0][0].transport == "kernel"
+            done[0][0].close()
