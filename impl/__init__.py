@@ -17,6 +17,7 @@ semantics will live in :mod:`impl.token` and :mod:`impl.fork`.
 
 import socket as _socket
 
+from impl.run.patch import patch, unpatch
 from impl.sdsocket import (
     create_connection,
     create_server,
@@ -42,4 +43,4 @@ def _reexport() -> list[str]:
 
 SocketType = socket
 __all__ = ["socket", "SocketType", "socketpair", "create_connection", "create_server",
-           "fromfd", "transport_of", "socket_for_fd", *_reexport()]
+           "fromfd", "transport_of", "socket_for_fd", "patch", "unpatch", *_reexport()]

@@ -1,0 +1,138 @@
+"""``impl.patch()``: put :mod:`impl` in place of the socket module for a whole program.
+
+``impl.patch()`` replaces, in the :mod:`socket` module, ``socket``,
+``SocketType``, ``create_connection``, ``create_server`` and ``fromfd`` with
+impl's; in :mod:`selectors`, ``DefaultSelector`` with the ring-first
+:class:`impl.selectors.RingSelector`; and, unless a program already chose
+one, asyncio's event loop policy with :class:`impl.selectors.EventLoopPolicy`.
+``impl.unpatch()`` puts every one of them back.  Code that looks the names
+up when it runs (``socket.socket(...)``, ``socket.create_connection(...)``:
+http.client, socketserver, asyncio, xmlrpc, ...) then gets impl's; code that
+bound them at import time (``from socket import socket``) before the patch
+keeps the kernel's.
+
+What stays the kernel's, on purpose:
+
+* ``socket.socketpair``: asyncio's self-pipe is one, and a signal handler
+  writes single bytes to its descriptor (``signal.set_wakeup_fd``), which an
+  eventfd would refuse.  The stdlib function still returns objects of the
+  patched class, but on kernel descriptors (``transport == "kernel"``).
+* ``select.select``/``poll``/``epoll``: nothing to patch; a ring socket's
+  ``fileno()`` is an eventfd readable exactly when ``recv`` would not block.
+* Datagram, raw and other-family sockets: impl.socket is then a plain kernel
+  socket (it only routes AF_INET/AF_INET6/AF_UNIX stream connects).
+
+impl's own modules keep using the kernel's socket and selectors modules
+while patched: each global of an ``impl.*`` module that names one of them
+is pointed at a frozen copy taken before patching, so the library's
+control channel and kernel sockets never go through itself.
+
+``isinstance(s, socket.socket)`` holds for every socket made while patched
+(impl.socket subclasses the kernel class), but not for stdlib sockets made
+before ``patch()``, whose class is no longer ``socket.socket``.
+"""
+
+from __future__ import annotations
+
+import selectors
+import socket
+import sys
+import threading
+import types
+
+import impl.sdsocket
+
+__all__ = ["patch", "unpatch", "is_patched", "ENV_PATCH"]
+
+#: Environment variable: "1" makes the sitecustomize of ``impl.run --subprocesses`` patch.
+ENV_PATCH = "SOCKSDIRECT_PATCH"
+
+_SOCKET_NAMES = {
+    "socket": impl.sdsocket.socket,
+    "SocketType": impl.sdsocket.socket,
+    "create_connection": impl.sdsocket.create_connection,
+    "create_server": impl.sdsocket.create_server,
+    "fromfd": impl.sdsocket.fromfd,
+}
+
+_lock = threading.Lock()
+# (object, attribute) -> value before patch(); None while not patched.
+_saved: dict[tuple[object, str], object] | None = None
+# The asyncio policy as it was (None: the default, not yet made), if we set ours.
+_old_policy: object = None
+_set_policy = False
+
+
+def is_patched() -> bool:
+    """Return True between :func:`patch` and :func:`unpatch`."""
+    return _saved is not None
+
+
+def patch(*, event_loop_policy: bool = True) -> None:
+    """Put impl in place of the socket module's socket classes and helpers (idempotent).
+
+    With *event_loop_policy* (the default), asyncio's policy becomes
+    :class:`impl.selectors.EventLoopPolicy` if the program has not set one.
+    """
+    global _saved, _old_policy, _set_policy
+    # Imported here, not at the top: ``import impl`` should not cost asyncio's import.
+    import asyncio
+
+    import impl.selectors
+    with _lock:
+        if _saved is not None:
+            return
+        saved: dict[tuple[object, str], object] = {}
+        _shield_library(saved)
+        selector_names = {"DefaultSelector": impl.selectors.RingSelector}
+        for module, names in ((socket, _SOCKET_NAMES), (selectors, selector_names)):
+            for name, value in names.items():
+                saved[module, name] = getattr(module, name)
+                setattr(module, name, value)
+        _set_policy = False
+        # asyncio.events._event_loop_policy is None until someone asks for the
+        # policy: only then is it certain that the program did not choose one.
+        if event_loop_policy and asyncio.events._event_loop_policy is None:
+            _old_policy = None
+            asyncio.set_event_loop_policy(impl.selectors.EventLoopPolicy())
+            _set_policy = True
+        _saved = saved
+
+
+def unpatch() -> None:
+    """Put back everything :func:`patch` replaced (idempotent)."""
+    global _saved, _set_policy
+    import asyncio
+
+    import impl.selectors
+    with _lock:
+        if _saved is None:
+            return
+        for (obj, name), value in _saved.items():
+            setattr(obj, name, value)
+        if _set_policy and isinstance(asyncio.events._event_loop_policy,
+                                      impl.selectors.EventLoopPolicy):
+            asyncio.set_event_loop_policy(_old_policy)
+        _set_policy = False
+        _saved = None
+
+
+def _frozen(module: types.ModuleType) -> types.ModuleType:
+    """A module object holding *module*'s current names (taken before patching)."""
+    copy = types.ModuleType(module.__name__, module.__doc__)
+    copy.__dict__.update(vars(module))
+    return copy
+
+
+def _shield_library(saved: dict[tuple[object, str], object]) -> None:
+    """Point impl's own references to socket/selectors at unpatched copies; record them."""
+    copies = {id(socket): _frozen(socket), id(selectors): _frozen(selectors)}
+    for name, module in list(sys.modules.items()):
+        if module is None or name == __name__ or not (name == "impl"
+                                                       or name.startswith("impl.")):
+            continue
+        for attr, value in list(vars(module).items()):
+            copy = copies.get(id(value))
+            if copy is not None and value is not copy:
+                saved[module, attr] = value
+                setattr(module, attr, copy)

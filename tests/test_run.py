@@ -1,0 +1,296 @@
+"""The drop-in runner (``python -m impl.run``) and ``impl.patch()``/``impl.unpatch()``.
+
+The runner tests start the target programs of tests/run_targets in a
+subprocess that inherits the session's private monitor (conftest), and read
+what carried their traffic from the program's own report and from the
+monitor's counters.  Every subprocess has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import selectors
+import socket
+import subprocess
+import sys
+
+import pytest
+
+import impl
+import impl.run
+import impl.sdsocket
+import impl.selectors
+from impl.monitor.paths import ENV_AUTOSTART, ENV_SOCKET
+from impl.run.patch import ENV_PATCH, is_patched
+from tests.monitor_util import ROOT
+
+WAIT = 120.0   # bound on one runner subprocess; only a hang reaches it
+TARGETS = ROOT / "tests" / "run_targets"
+PATCHED = {(socket, "socket"), (socket, "SocketType"), (socket, "create_connection"),
+           (socket, "create_server"), (socket, "fromfd"), (selectors, "DefaultSelector")}
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m impl.run *args`` from the repo root (bounded)."""
+    env = dict(os.environ if env is None else env, PYTHONPATH=str(ROOT))
+    env.pop(ENV_PATCH, None)
+    return subprocess.run([sys.executable, "-m", "impl.run", *args], capture_output=True,
+                          text=True, timeout=WAIT, cwd=str(ROOT), env=env)
+
+
+def report(proc: subprocess.CompletedProcess) -> dict:
+    """The target's JSON report (its last stdout line)."""
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no report; rc={proc.returncode}\n{proc.stderr}"
+    return json.loads(lines[-1])
+
+
+def connections(monitor) -> int:
+    return monitor.status()["counters"]["connections"]
+
+
+# -- the runner -----------------------------------------------------------------------------
+
+
+def test_script_traffic_goes_over_rings(monitor):
+    before = connections(monitor)
+    proc = run(str(TARGETS / "echo.py"), "a", "--b")
+    assert proc.returncode == 0, proc.stderr
+    rep = report(proc)
+    assert rep["name"] == "__main__"
+    assert rep["argv"] == [str(TARGETS / "echo.py"), "a", "--b"]
+    assert rep["path0"] == str(TARGETS), "sys.path[0] is not the script's directory"
+    assert rep["echo_ok"] and rep["isinstance"]
+    assert (rep["client_transport"], rep["server_transport"]) == ("ring", "ring")
+    assert rep["select_ready"], "select.select missed bytes on a ring socket"
+    assert connections(monitor) > before, "the monitor saw no connection"
+
+
+def test_udp_stays_kernel_under_the_runner(monitor):
+    rep = report(run(str(TARGETS / "echo.py")))
+    assert rep["udp"] == "datagram"
+    assert rep["udp_transport"] == "kernel" and rep["udp_isinstance"]
+
+
+def test_module_form(monitor):
+    proc = run("-m", "tests.run_targets.echo", "--exit", "3", "x")
+    assert proc.returncode == 3, proc.stderr
+    rep = report(proc)
+    assert rep["name"] == "__main__"
+    # argv[0] is the module's file, as with python -m
+    assert rep["argv"] == [str(TARGETS / "echo.py"), "--exit", "3", "x"]
+    assert rep["path0"] == str(ROOT), "sys.path[0] is not the current directory"
+    assert rep["client_transport"] == "ring"
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_code_of_the_target(monitor, code):
+    proc = run(str(TARGETS / "echo.py"), "--exit", str(code))
+    assert proc.returncode == code, proc.stderr
+    assert report(proc)["echo_ok"]
+
+
+def test_uncaught_exception_prints_traceback_and_exits_1(monitor):
+    proc = run(str(TARGETS / "fail.py"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Traceback (most recent call last):"), proc.stderr
+    assert "fail.py\", line" in proc.stderr and "in deep" in proc.stderr
+    assert proc.stderr.rstrip().endswith("ValueError: planted failure in the target")
+    assert "impl/run" not in proc.stderr and "runpy" not in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args,what", [(["no_such_script.py"], "can't open file"),
+                                       (["-m", "no_such_module_xyz"], "no module named"),
+                                       (["-m", "no_such_pkg_xyz.sub"], "no module named"),
+                                       ([], "required"),
+                                       (["--bogus", "x.py"], "unrecognized option")])
+def test_bad_target_is_a_usage_error(args, what):
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert what in proc.stderr and "usage:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_documents_the_options():
+    proc = run("--help")
+    assert proc.returncode == 0
+    for word in ("--subprocesses", "--no-autostart", "-m module", "script.py"):
+        assert word in proc.stdout
+
+
+@pytest.mark.parametrize("flag", [True, False])
+def test_subprocesses_are_patched_only_with_the_flag(monitor, flag):
+    args = ["--subprocesses"] if flag else []
+    proc = run(*args, str(TARGETS / "spawn.py"))
+    assert proc.returncode == 0, proc.stderr
+    rep = report(proc)
+    assert rep["child_rc"] == 0
+    if flag:
+        assert rep["cls"] == "impl.sdsocket.socket"
+        assert (rep["transport"], rep["parent_transport"]) == ("ring", "ring")
+    else:
+        # An unpatched child is a stdlib client: our listener accepts it from the kernel.
+        assert rep["cls"] == "socket.socket"
+        assert (rep["transport"], rep["parent_transport"]) == ("stdlib", "kernel")
+
+
+def test_subprocess_env_puts_sitecustomize_first():
+    env = impl.run.subprocess_env({"PYTHONPATH": "/x"})
+    parts = env["PYTHONPATH"].split(os.pathsep)
+    assert parts[0].endswith(os.path.join("impl", "_sitecustomize"))
+    assert parts[-1] == "/x" and env[ENV_PATCH] == "1"
+
+
+def test_sitecustomize_patches_children_but_not_the_monitor(monkeypatch):
+    code = "import socket; print(socket.socket.__module__)"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=WAIT, env=impl.run.subprocess_env(), cwd=str(ROOT))
+    assert child.stdout.strip() == "impl.sdsocket", child.stderr
+    # The library starts its monitor as ``python -m impl.monitor``, with our environment.
+    monkeypatch.delenv(ENV_PATCH, raising=False)
+    monkeypatch.setattr(sys, "path", [str(ROOT / "impl" / "_sitecustomize")] + sys.path)
+    monkeypatch.delitem(sys.modules, "sitecustomize", raising=False)
+    import sitecustomize
+    for argv, monitor in ((["python", "-m", "impl.monitor", "--daemon"], True),
+                          (["python", "-m", "impl.monitor.server"], True),
+                          (["python", "-m", "impl.monitoring"], False),
+                          (["python", "app.py", "-m", "impl.monitor"], False),
+                          (["python", "-c", "pass"], False)):
+        monkeypatch.setattr(sys, "orig_argv", argv)
+        assert sitecustomize._is_monitor() is monitor, argv
+
+
+def _no_monitor_env(tmp_path) -> dict[str, str]:
+    env = dict(os.environ)
+    env[ENV_SOCKET] = str(tmp_path / "nobody.sock")   # no monitor there
+    env.pop(ENV_AUTOSTART, None)                      # the runner's flag must do it
+    return env
+
+
+def test_no_autostart_runs_on_kernel_sockets(tmp_path):
+    proc = run("--no-autostart", "--subprocesses", str(TARGETS / "spawn.py"),
+               env=_no_monitor_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    rep = report(proc)
+    assert rep["cls"] == "impl.sdsocket.socket", "the child was not patched"
+    assert (rep["transport"], rep["parent_transport"]) == ("kernel", "kernel")
+    assert not (tmp_path / "nobody.sock").exists(), "a monitor was started"
+
+
+def test_blocking_accept_without_a_monitor(tmp_path):
+    """No monitor: the target's blocking accept() waits for its client (kernel sockets)."""
+    proc = run("--no-autostart", str(TARGETS / "echo.py"), env=_no_monitor_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert report(proc)["client_transport"] == "kernel"
+
+
+def test_asyncio_streams_echo_under_the_runner(monitor):
+    before = connections(monitor)
+    proc = run(str(TARGETS / "aio_echo.py"))
+    assert proc.returncode == 0, proc.stderr
+    rep = report(proc)
+    assert rep == {"echo_ok": True, "client_transport": "ring", "selector": "RingSelector"}
+    assert connections(monitor) > before
+
+
+# -- impl.patch() in this process -----------------------------------------------------------
+
+
+def _library_globals() -> dict[tuple[str, str], object]:
+    return {(name, attr): value for name, mod in sys.modules.items()
+            if mod is not None and (name == "impl" or name.startswith("impl."))
+            for attr, value in vars(mod).items() if value is socket or value is selectors}
+
+
+@pytest.fixture
+def patched():
+    """impl.patch() for the test; unpatched afterwards whatever happens."""
+    impl.patch()
+    try:
+        yield
+    finally:
+        impl.unpatch()
+
+
+def test_patch_then_unpatch_restores_every_attribute():
+    before = {(mod, name): getattr(mod, name) for mod, name in PATCHED}
+    lib = _library_globals()
+    policy = asyncio.events._event_loop_policy
+    assert lib, "impl has no reference to socket/selectors to shield?"
+    impl.patch()
+    impl.patch()    # idempotent: a second call must not save the patched values
+    try:
+        assert is_patched()
+        assert socket.socket is impl.socket and socket.SocketType is impl.socket
+        assert socket.create_connection is impl.create_connection
+        assert socket.create_server is impl.create_server and socket.fromfd is impl.fromfd
+        assert selectors.DefaultSelector is impl.selectors.RingSelector
+        assert socket.socketpair is before[socket, "socket"].__init__.__globals__["socketpair"]
+        if policy is None:
+            assert isinstance(asyncio.get_event_loop_policy(), impl.selectors.EventLoopPolicy)
+        # the library itself still sees the kernel's classes
+        assert impl.sdsocket._stdsocket.socket is before[socket, "socket"]
+        assert impl.sdsocket._stdsocket is not socket
+    finally:
+        impl.unpatch()
+        impl.unpatch()
+    assert not is_patched()
+    assert {(mod, name): getattr(mod, name) for mod, name in PATCHED} == before
+    assert _library_globals() == lib
+    assert asyncio.events._event_loop_policy is policy
+
+
+def test_patch_keeps_a_policy_the_program_chose():
+    old = asyncio.events._event_loop_policy
+    mine = asyncio.DefaultEventLoopPolicy()
+    asyncio.set_event_loop_policy(mine)
+    try:
+        impl.patch()
+        try:
+            assert asyncio.get_event_loop_policy() is mine
+        finally:
+            impl.unpatch()
+        assert asyncio.get_event_loop_policy() is mine
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_patched_udp_is_a_working_kernel_socket(patched):
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with a, b:
+        assert isinstance(a, socket.socket) and isinstance(a, socket.SocketType)
+        assert impl.transport_of(a) == "kernel"
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        b.settimeout(WAIT)
+        a.sendto(b"dgram", b.getsockname())
+        assert b.recvfrom(16) == (b"dgram", a.getsockname())
+
+
+def test_patched_socketpair_stays_kernel(patched):
+    a, b = socket.socketpair()
+    with a, b:
+        assert (impl.transport_of(a), impl.transport_of(b)) == ("kernel", "kernel")
+        a.send(b"\0")    # what asyncio's self-pipe and signal.set_wakeup_fd need
+        assert os.read(b.fileno(), 1) == b"\0"
+
+
+def test_select_on_patched_ring_socket(monitor, patched):
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        assert isinstance(srv, impl.socket)
+        with socket.create_connection(srv.getsockname(), timeout=WAIT) as cli:
+            conn, _ = srv.accept()
+            with conn:
+                assert (impl.transport_of(cli), impl.transport_of(conn)) == ("ring", "ring")
+                assert select.select([conn], [], [], 0)[0] == []
+                cli.sendall(b"ping")
+                assert select.select([conn], [], [], WAIT)[0] == [conn]
+                poller = select.poll()
+                poller.register(conn, select.POLLIN)
+                assert poller.poll(WAIT * 1000) == [(conn.fileno(), select.POLLIN)]
+                assert conn.recv(16) == b"ping"
+                assert select.select([conn], [], [], 0)[0] == []
