@@ -277,11 +277,12 @@ def ctl_main(capsys, *args: str) -> tuple[int, str, str]:
 
 
 # -- packaging ------------------------------------------------------------------------------
-def test_console_scripts_name_the_two_entry_points():
+def test_console_scripts_name_the_entry_points():
     """pyproject's [project.scripts] names callables that exist."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"socksdirect-monitor": "impl.monitor.__main__:main",
-                       "socksdirect-ctl": "impl.ctl:main"}
+                       "socksdirect-ctl": "impl.ctl:main",
+                       "socksdirect-run": "impl.run:main"}
     for target in scripts.values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
