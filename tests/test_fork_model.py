@@ -30,7 +30,7 @@ from spec import fork as m
 from spec.statespace import StateGraph, can_reach, explore
 from spec.tracecheck import Event, check_traces
 from tests.gates import needs_tlc
-from tests.tlc_checks import invariant_verdicts, reachability_copy
+from tests.tlc_checks import invariant_verdicts, model_walk, reachability_copy
 
 SPEC_DIR = Path(__file__).resolve().parent.parent / "spec" / "tla"
 SMALL = "MCForkSmall"
@@ -571,15 +571,7 @@ def test_tlc_finds_the_shortest_violation_the_model_finds() -> None:
 
 def walk(k: m.Params, rng: random.Random, steps: int) -> list[Event]:
     """A random behaviour of the model, logged as a driver logs the real one."""
-    s = m.init_states(k)[0]
-    events = [Event("Init", (), m.to_tla_state(k, s))]
-    for _ in range(steps):
-        choices = [(lb, t) for lb, t in m.next_states(k, s) if lb.name != "Done"]
-        if not choices:
-            break
-        label, s = rng.choice(choices)
-        events.append(Event(label.name, label.params, m.to_tla_state(k, s)))
-    return events
+    return model_walk(m, k, rng, steps)
 
 
 def check(k: m.Params, traces: list[list[Event]]):

@@ -10,7 +10,7 @@ from spec import tlc
 from spec.configs import CFG_SECTION, TLA_DIR, CheckedConfig, outcome
 
 __all__ = ["result_of", "assert_meets_expectation", "assert_every_action_fires",
-           "reachability_copy", "invariant_verdicts"]
+           "reachability_copy", "invariant_verdicts", "model_walk"]
 
 _results: dict[str, tlc.TLCResult] = {}
 
@@ -110,4 +110,23 @@ def invariant_verdicts(dest: Path, module: str, constants: dict, variables: Iter
             verdicts[n] = [name for name, ok in zip(invariants, vals, strict=True) if not ok]
     assert sorted(verdicts) == list(range(1, len(states) + 1)), "TLC skipped states"
     return verdicts
+
+
+def model_walk(model, params, rng, steps: int) -> list:
+    """A random behaviour of a spec's Python model, logged as a driver logs the real one.
+
+    *model* is a model module (spec.token, spec.fork: init_states,
+    next_states, to_tla_state); its stuttering "Done" step is never taken.
+    """
+    from spec.tracecheck import Event
+
+    s = model.init_states(params)[0]
+    events = [Event("Init", (), model.to_tla_state(params, s))]
+    for _ in range(steps):
+        choices = [(lb, t) for lb, t in model.next_states(params, s) if lb.name != "Done"]
+        if not choices:
+            break
+        label, s = rng.choice(choices)
+        events.append(Event(label.name, label.params, model.to_tla_state(params, s)))
+    return events
 
