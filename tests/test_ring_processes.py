@@ -213,15 +213,18 @@ def ping_pong(backend: str, rounds: int, *, pin: bool, spin_ns: int, yields: int
 
 def _count_sleeps(endpoint):
     """Count the endpoint's blocking waits by wrapping its poll object."""
-    real = endpoint._poller
+    new_poller = endpoint._new_poller
     count = [0]
 
     class Counting:
+        def __init__(self):
+            self.real = new_poller()
+
         def poll(self, *args):
             count[0] += 1
-            return real.poll(*args)
+            return self.real.poll(*args)
 
-    endpoint._poller = Counting()
+    endpoint._new_poller = Counting
     return lambda: count[0]
 
 
@@ -328,3 +331,59 @@ def stream_through_sleepy(backend: str) -> None:
     # How often the writer sleeps depends on scheduling (700 to several
     # thousand times here); the bound only proves the sleep path was taken.
     assert sleeps() > 100, "the writer hardly ever slept: the test tests nothing"
+
+
+def test_fork_while_a_thread_sleeps_in_a_wait(backend):
+    """A thread of the parent sleeps for space when fork() happens; later the child waits.
+
+    The child's wait must be an ordinary one (here: a timeout), not an
+    error inherited from the parent's sleeping thread: a poll object kept
+    on the endpoint stays marked busy in the child for ever, and a sendall
+    there failed half-way with "concurrent poll() invocation".
+    """
+    import select
+    import threading
+
+    from impl.ring import layout
+
+    go_r, go_w = os.pipe()
+    try:
+        with Ring.create(64, backend=backend, spin_ns=0, yields=0) as ring:
+            w, r = ring.writer(), ring.reader()
+            w.send_all(b"x" * 64, timeout=WAIT)            # full
+            sleeping = threading.Thread(target=w.send_all, args=(b"y" * 8,),
+                                        kwargs={"timeout": WAIT}, daemon=True)
+            sleeping.start()
+            deadline = time.monotonic() + WAIT
+            while not ring._q[layout.OFF_WRITER_SLEEPING // 8]:   # it sleeps in poll()
+                assert time.monotonic() < deadline, "the writer never went to sleep"
+                os.sched_yield()
+
+            def child_waits() -> str:
+                # Only once the parent's thread is done and the ring is full
+                # again: one writer waits at a time, as tokens would ensure.
+                assert select.select([go_r], [], [], WAIT)[0], "the parent never said go"
+                try:
+                    w.send_all(b"z", timeout=0.05)
+                except TimeoutError:
+                    return "timed out"
+                return "sent"
+
+            child = Child(child_waits)
+            try:
+                buf = bytearray(72)
+                got = 0
+                while got < 72:                            # the parent's thread finishes
+                    got += r.recv_into(memoryview(buf)[got:], timeout=WAIT)
+                sleeping.join(WAIT)
+                assert not sleeping.is_alive()
+                assert bytes(buf) == b"x" * 64 + b"y" * 8
+                w.send_all(b"x" * 64, timeout=WAIT)        # full again
+                os.write(go_w, b"g")
+            except BaseException:
+                child.kill()
+                raise
+            assert child.result() == "timed out"
+    finally:
+        os.close(go_r)
+        os.close(go_w)

@@ -180,7 +180,8 @@ def reader_body(r: _core.RingReader, efd: int) -> Callable[[Callable[[str], None
             st["recheck"] = False
 
         r._try, r._fence = gated_try, gated_fence
-        r._poller = _FakePoller(gate, efd, woken)   # RingWakeup!Wake after the poll gate
+        poller = _FakePoller(gate, efd, woken)      # RingWakeup!Wake after the poll gate
+        r._new_poller = lambda: poller
         buf = bytearray(CAPACITY)
         dst, n = r._target(buf)
         while True:

@@ -153,9 +153,20 @@ class _Endpoint:
         if auto_spin:  # a plain store: the word is advice, read only by _choose_spin
             self._q[self._my_cpu] = pinned_cpu()
         self._spin_ns = self._choose_spin()
-        self._poller = select.poll()
-        self._poller.register(wait_efd, select.POLLIN)
         self._closed = False
+
+    def _new_poller(self):
+        """A poll object on the wait eventfd, for one blocking wait.
+
+        One per wait, not per endpoint: a poll object is marked busy while a
+        thread sleeps in it, and a fork() child inherits that mark -- its
+        first wait then raised "concurrent poll() invocation" in the middle
+        of a sendall, leaving half a message in the stream.  Making one costs
+        less than a getpid() would, and the caller is about to sleep.
+        """
+        poller = select.poll()
+        poller.register(self._wait_efd, select.POLLIN)
+        return poller
 
     # -- backend hooks ------------------------------------------------------
     def _op(self, buf, off: int, n: int, flags: int, spin_ns: int) -> int:
@@ -289,7 +300,7 @@ class _Endpoint:
             r = op(buf, off, n, flags, 0)
             if r:
                 return r
-        poll = self._poller.poll
+        poll = self._new_poller().poll
         while True:
             r = op(buf, off, n, flags | ARM, 0)
             if r:
