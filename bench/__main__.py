@@ -7,6 +7,7 @@ Usage::
     python -m bench --quick --only socket,tcp,unix --out /tmp/b   # the socket API only
     python -m bench --quick --only tokens --out /tmp/b   # the token benchmarks only
     python -m bench --quick --only fork --out /tmp/b     # the fork benchmarks only
+    python -m bench --quick --only dropin --out /tmp/b   # unmodified HTTP servers only
     python -m bench --glibc-tunable  # re-run under the glibc memcpy tunable
 """
 
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+from bench.dropin import summary_lines as _dropin_summary
 from bench.forking import summary_lines as _fork_summary
 from bench.machine import GLIBC_TUNABLE, tunable_active
 from bench.report import write_report
@@ -43,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                         "always, never (default auto)")
     p.add_argument("--only", metavar="KEYS",
                    help="comma-separated transports to run, e.g. ring-c,tcp "
-                        "(keys: ring-c, ring-python, socket, tcp, unix, pipe, tokens, fork; "
-                        "the set-up and asyncio runs follow socket, tcp and unix; tokens "
-                        "and fork are the benchmarks of issues 4 and 5)")
+                        "(keys: ring-c, ring-python, socket, tcp, unix, pipe, tokens, fork, "
+                        "dropin; the set-up and asyncio runs follow socket, tcp and unix; "
+                        "tokens, fork and dropin are the benchmarks of issues 4, 5 and 6)")
     p.add_argument("--glibc-tunable", action="store_true",
                    help=f"re-run the interpreter with GLIBC_TUNABLES={GLIBC_TUNABLE}, "
                         "which removes glibc's memcpy alignment trap")
@@ -77,6 +79,7 @@ def _summary(results: dict, paths: dict) -> list[str]:
     lines += _socket_summary(results)
     lines += _token_summary(results.get("tokens") or {})
     lines += _fork_summary(results.get("fork") or {})
+    lines += _dropin_summary(results.get("dropin") or {})
     lines += ["", "goals:"]
     for g in results["goals"]:
         verdict = {True: "pass", False: "FAIL", None: "not measured"}[g["passed"]]
@@ -154,7 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = run_suite(settings, log=lambda line: print(line, flush=True))
     paths = write_report(results, args.out)
     print("\n".join(_summary(results, paths)))
-    if not results["transports"] and not results.get("tokens") and not results.get("fork"):
+    if not results["transports"] and not any(results.get(k) for k in ("tokens", "fork",
+                                                                      "dropin")):
         print("bench: no transport was measured", file=sys.stderr)
         return 1
     return 0

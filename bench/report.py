@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bench import plots
+from bench import dropin, plots
 from bench.machine import GLIBC_TUNABLE
 from bench.sockets import ASYNCIO_RING_SELECTOR, SOCKET_KEY
 from bench.transports import RING_CAPACITY
@@ -278,7 +278,8 @@ def _goals_section(results: dict) -> list[str]:
     header = ["goal", "target", "transport", "measured", "result"]
     ring = [g for g in results["goals"] if g.get("group", "ring") == "ring"]
     socket_api = [g for g in results["goals"] if g.get("group") == "socket"]
-    if not ring and not socket_api and not results.get("tokens", {}).get("goals"):
+    if not ring and not socket_api and not results.get("tokens", {}).get("goals") \
+            and not results.get("dropin", {}).get("goals"):
         return ["## Goals", "", "No ring transport was measured, so no goal is judged.", ""]
     lines = ["## Goals", "",
              "Judged on this run's medians (the p99 for the one-core goal). A ratio says "
@@ -299,6 +300,13 @@ def _goals_section(results: dict) -> list[str]:
         lines += ["### Token sharing (`impl.token`, issue 4)", "",
                   f"{met} of {len(token_goals)} goals met ({len(token_goals) - judged} not "
                   "measured); the table is in [Tokens](#tokens-sharing-a-socket).", ""]
+    for g in results.get("dropin", {}).get("goals", []):
+        verdict = {True: "**pass**", False: "**FAIL**", None: "not measured"}[g["passed"]]
+        value = "-" if g["value"] is None else f"{g['value']:.2f}×"
+        lines += ["### Drop-in (`python -m impl.run`, issue 6)", "",
+                  *_table(["goal", "target", "measured", "result"],
+                          [[g["what"], g["target"], value, verdict]]), "",
+                  "The servers' numbers are in [Drop-in](#drop-in-unmodified-http-servers).", ""]
     return lines
 
 
@@ -728,7 +736,8 @@ def render_markdown(results: dict) -> str:
     ]
     for section in (_goals_section, _machine_section, _method_section, _latency_section,
                     _throughput_section, _one_core_section, _socket_section,
-                    _tokens_section, _fork_section, _left_out_section):
+                    _tokens_section, _fork_section, dropin.markdown_section,
+                    _left_out_section):
         lines += section(results)
     return "\n".join(lines).rstrip() + "\n"
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from bench import forking, machine, sockets, tokens
+from bench import dropin, forking, machine, sockets, tokens
 from bench.measure import Placement, round_trips, stream
 from bench.sockets import ASYNCIO_RING_SELECTOR, SOCKET_KEY
 from bench.stats import percentile
@@ -84,6 +84,13 @@ class Settings:
     fork_server_warmup: int = 20  # untimed requests to a ForkingTCPServer ...
     fork_server_seconds: float = 1.0  # ... then requests for about this long
     fork_iterations: int = 30  # fork() runs per kind and connection count
+    # The drop-in benchmark (bench.dropin, issue 6).
+    dropin_warmup: int = 300  # untimed ping-pong requests to an HTTP server ...
+    dropin_requests: int = 5_000  # ... then up to this many timed ...
+    dropin_budget: float = 2.0  # ... within this many seconds
+    dropin_clients: int = 4  # keep-alive connections of the requests/s run ...
+    dropin_rate_warmup: float = 0.2  # ... untimed for this long ...
+    dropin_seconds: float = 1.0  # ... then timed for this long
     deadline: float = 120.0  # seconds any single measurement may take
     pin: str = "auto"
     only: tuple[str, ...] = field(default=())  # transport keys to run; empty: all
@@ -127,6 +134,12 @@ class Settings:
         if not 0 < self.fork_server_seconds <= 60:
             raise ValueError("fork_server_seconds must be in (0, 60], got "
                              f"{self.fork_server_seconds}")
+        if self.dropin_warmup < 0 or self.dropin_requests < 1 or self.dropin_clients < 1:
+            raise ValueError("need dropin_warmup >= 0, dropin_requests >= 1, dropin_clients >= 1")
+        if not (0 < self.dropin_budget <= 60 and 0 < self.dropin_seconds <= 60
+                and 0 <= self.dropin_rate_warmup <= 60):
+            raise ValueError("dropin_budget and dropin_seconds must be in (0, 60], "
+                             "dropin_rate_warmup in [0, 60]")
 
     @classmethod
     def quick(cls) -> Settings:
@@ -140,7 +153,9 @@ class Settings:
                    token_stream_seconds=0.05, shared_warmup=300, shared_seconds=0.05,
                    shared_min_count=50, takeover_warmup=5, takeover_fast=500,
                    takeover_thread=200, takeover_process=50, fork_server_warmup=3,
-                   fork_server_seconds=0.1, fork_iterations=3, deadline=60.0)
+                   fork_server_seconds=0.1, fork_iterations=3, dropin_warmup=50,
+                   dropin_requests=500, dropin_budget=0.3, dropin_rate_warmup=0.05,
+                   dropin_seconds=0.2, deadline=60.0)
 
     def runs_tokens(self) -> bool:
         """Whether the token benchmarks are part of the run (--only names them, or all)."""
@@ -149,6 +164,10 @@ class Settings:
     def runs_fork(self) -> bool:
         """Whether the fork benchmarks are part of the run (--only names them, or all)."""
         return not self.only or forking.FORK_KEY in self.only
+
+    def runs_dropin(self) -> bool:
+        """Whether the drop-in benchmark is part of the run (--only names it, or all)."""
+        return not self.only or dropin.DROPIN_KEY in self.only
 
     def stream_warmup(self, size: int) -> int:
         """Return how many untimed messages of *size* bytes go first."""
@@ -427,6 +446,10 @@ def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str
     if fork_part:
         fork_results = forking.run_forking(s, two, functools.partial(_attempt_named, runner),
                                            log)
+    dropin_results = {}
+    if s.runs_dropin():
+        dropin_results = dropin.run_dropin(s, two, functools.partial(_attempt_named, runner),
+                                           log, skipped)
 
     # A transport that failed once is reported as failed, not with partial data.
     ok = [t for t in transports if t.key not in runner.failed]
@@ -465,6 +488,7 @@ def _run(settings: Settings, transports: list[Transport], skipped: dict[str, str
         },
         "tokens": token_results,
         "fork": fork_results,
+        "dropin": dropin_results,
         "monitor": _monitor_counters(monitor),
     }
     results["goals"] = evaluate_goals(results)

@@ -60,7 +60,8 @@ TINY = suite.Settings(
     shared_max_count=40, takeover_warmup=TAKEOVER_WARMUP, takeover_fast=TAKEOVER_FAST,
     takeover_thread=TAKEOVER_THREAD, takeover_process=TAKEOVER_PROCESS,
     fork_server_warmup=1, fork_server_seconds=0.01, fork_iterations=FORK_ITERATIONS,
-    deadline=60.0)
+    dropin_warmup=5, dropin_requests=50, dropin_budget=60.0, dropin_clients=2,
+    dropin_rate_warmup=0.0, dropin_seconds=0.02, deadline=60.0)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,8 @@ def test_goals_table(run: tuple[dict, dict]) -> None:
         else:
             assert g["passed"] == (g["value"] >= g["bound"])
     verdicts = re.findall(r"\*\*(pass|FAIL)\*\*", md)
-    assert len(verdicts) == len([g for g in goals if g["passed"] is not None])
+    dropin_goals = (results.get("dropin") or {}).get("goals", [])
+    assert len(verdicts) == len([g for g in goals + dropin_goals if g["passed"] is not None])
 
 
 def _png_size(path: Path) -> tuple[int, int]:
@@ -832,3 +834,40 @@ def test_fork_benchmark_rejects_an_unknown_kind() -> None:
     """A kind other than ring or tcp is a ValueError that names the allowed ones."""
     with pytest.raises(ValueError, match="'ring' or 'tcp'"):
         forking.fork_latency("udp", 1, iterations=1, deadline=5.0)
+
+
+def test_dropin_measured(run: tuple[dict, dict]) -> None:
+    """Issue 6: both HTTP servers ran under the runner and plain in every repeat, every runner
+    connection a ring one by the monitor's count; bench.md has their rows and the goal."""
+    from bench import dropin
+
+    results, paths = run
+    d = results.get("dropin")
+    if not d:
+        pytest.skip(f"dropin benchmark not run: {results['skipped'].get('dropin')}")
+    s = results["settings"]
+    assert not [k for k in results["failed"] if k.startswith("dropin-")]
+    section = _section(paths["markdown"].read_text(), "Drop-in")
+    for key, server in d["servers"].items():
+        assert set(server["modes"]) == set(dropin.MODES), key
+        for mode, how in (("runner", "runner (rings)"), ("plain", "plain (TCP loopback)")):
+            r = server["modes"][mode]
+            assert len(r["repeat_median_us"]) == len(r["repeat_per_s"]) == REPEATS
+            # The budget may end a run early, never make it longer.
+            assert REPEATS <= r["samples"] <= REPEATS * s["dropin_requests"]
+            (row,) = _rows(section, f"{server['label']}, {how}")
+            assert row[4] == f"{r['samples']:,}"
+        runner, plain = server["modes"]["runner"], server["modes"]["plain"]
+        assert server["ratios"]["median"] == pytest.approx(plain["median_us"]
+                                                           / runner["median_us"])
+    # One ping-pong connection and the rate run's connections per runner measurement; the
+    # plain ones none, and no connect went to the kernel.
+    counters = d["monitor"]
+    assert counters["connections"] == counters["accepted"] == (
+        REPEATS * len(dropin.SERVERS) * (1 + s["dropin_clients"]))
+    assert counters["kernel_fallbacks"] == 0
+    (goal,) = d["goals"]
+    assert goal["value"] == d["servers"][dropin.GOAL_SERVER]["ratios"]["median"]
+    assert goal["passed"] == (goal["value"] >= dropin.GOAL_RATIO)
+    (row,) = _rows(section, goal["what"])
+    assert row[-1] == ("**pass**" if goal["passed"] else "**FAIL**")
