@@ -1,0 +1,400 @@
+"""CPython's own socket and selectors tests on impl's sockets (``python -m impl.run.compat``).
+
+The patched side only: every class of :mod:`impl.run.compat` runs once with
+``impl.patch()`` in a subprocess, against a private monitor.  The kernel
+baseline is not run here; ``python -m impl.run.compat --record`` wrote it to
+tests/cpython_compat/recorded.json.  The checks:
+
+* per class, the number passing is not below the recorded figure;
+* no test fails on ours that is neither excluded (exclusions.toml, with a
+  reason) nor a known library bug (KNOWN_BUGS below) nor failing on kernel
+  sockets as recorded -- so a regression is named;
+* a known bug that passes now must leave KNOWN_BUGS (strict, like xfail);
+* the traffic of the connected classes went over rings;
+* the exclusion file names only existing tests, each with a reason;
+* the command's table and JSON agree with each other and with its run.
+
+The minimal repros of the library bugs are at the end, as strict xfails.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import gc
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import unittest
+import warnings
+from pathlib import Path
+
+import pytest
+
+import impl
+from impl.run import compat
+from tests.monitor_util import ROOT, running_monitor
+
+try:
+    import test.support  # noqa: F401  (the stdlib's test package)
+except ImportError:
+    pytest.skip("the stdlib's 'test' package is not installed (test.test_socket)",
+                allow_module_level=True)
+
+WAIT = 300.0    # bound on one command subprocess; only a hang reaches it
+
+_S = "test.test_socket."
+_SENDFILE = _S + "SendfileUsingSendfileTest."
+#: Tests failing on ours because of a library bug (not by design): test id -> bug.
+#: The bugs have repros below; when one is fixed, its tests leave this table.
+KNOWN_BUGS = {
+    _S + "GeneralModuleTests.test_SocketType_is_socketobject": "patch replaces SocketType",
+    _S + "GeneralModuleTests.testSendtoErrors": "sendto arity message",
+    _S + "GeneralModuleTests.test_dealloc_warn": "no ResourceWarning for kernel sockets",
+    _S + "BasicTCPTest.testShutdown_overflow": "shutdown(how) overflow",
+    _S + "BasicTCPTest2.testShutdown_overflow": "shutdown(how) overflow",
+    _S + "NonBlockingTCPTests.testSetBlocking": "listener fd O_NONBLOCK",
+    _S + "NonBlockingTCPTests.testSetBlocking_overflow": "listener fd O_NONBLOCK",
+    _S + "ContextManagersTest.testCreateConnectionClose": "sendall(b'') after peer close",
+    _S + "NetworkConnectionBehaviourTest.testOutsideTimeout": "EPIPE on first send",
+    _S + "NetworkConnectionNoServer.test_create_connection_timeout":
+        "patched create_connection ignores socket.socket",
+    _S + "SendmsgTCPTest.testSendmsgBadArgs": "sendmsg address not checked",
+    _S + "SendmsgUnixStreamTest.testSendmsgBadArgs": "sendmsg address not checked",
+    _S + "SendmsgTCPTest.testSendmsgBadCmsg": "sendmsg cmsg not checked",
+    _S + "SendmsgUnixStreamTest.testSendmsgBadCmsg": "sendmsg cmsg not checked",
+    _S + "SendmsgTCPTest.testSendmsgBadMultiCmsg": "sendmsg cmsg not checked",
+    _S + "SendmsgUnixStreamTest.testSendmsgBadMultiCmsg": "sendmsg cmsg not checked",
+    **{_SENDFILE + name: "_sendfile_use_sendfile on an eventfd"
+       for name in ("testCount", "testCountSmall", "testCountWithOffset", "testOffset",
+                    "testRegularFile", "testWithTimeout", "testWithTimeoutTriggeredSend")},
+}
+#: Known bugs whose failure depends on a race (a peer closing before a send; another
+#: thread using a socket whose connect() is not done): they may pass or fail; they
+#: count as passing for the recorded figures.
+RACY_BUGS = {
+    _S + "BufferIOTest.testRecvFromIntoSmallBuffer": "EPIPE on first send",
+    _S + "TCPCloserTest.testClose": "accept() returns before the client's connect() is done",
+}
+#: Base classes whose tests talk over a connection: these classes must show ring connections.
+_CONNECTED_BASES = ("SocketConnectedTest", "ConnectedStreamTestMixin", "ThreadedTCPSocketTest")
+
+
+def _recorded() -> dict:
+    data = json.loads(compat.RECORDED.read_text())
+    here = sys.version.split()[0]
+    if data["python"] != here:
+        pytest.skip(f"the figures were recorded with Python {data['python']}, this is {here} "
+                    "(re-record: python -m impl.run.compat --record)")
+    return data
+
+
+@pytest.fixture(scope="module")
+def report() -> compat.Report:
+    """One patched run of every class, against a private monitor (about a minute)."""
+    targets = [t for t in compat.all_targets() if not compat._absent(t)]
+    with running_monitor() as mon:
+        return compat.run(targets, monitor_path=mon.path, sides=("ours",))
+
+
+def _not_passing(c: compat.ClassResult) -> dict[str, str]:
+    """Tests of *c* not passing on ours (failures, timeouts, unexpected skips), with why."""
+    return {t: f"{o}: {msg}" for t, (o, msg) in c.ours.outcomes.items()
+            if o not in ("pass", "xfail", "skip", "excluded")}
+
+
+@pytest.mark.slow
+def test_passing_not_below_recorded(report):
+    recorded = _recorded()["classes"]
+    ran = {c.target: c for c in report.classes}
+    missing = sorted(set(recorded) - set(ran))
+    assert not missing, f"recorded classes that did not run: {missing}"
+    low = {}
+    for target, rec in recorded.items():
+        c = ran[target]
+        assert c.ours.status == "ok", f"{target}: {c.ours.status}\n{c.ours.log}"
+        assert len(c.tests()) == rec["tests"], f"{target}: the class's tests changed"
+        passing = len(c.ours_passing()) + len(set(_not_passing(c)) & set(RACY_BUGS))
+        if passing < rec["ours_pass"]:
+            low[target] = (passing, rec["ours_pass"], _not_passing(c))
+    assert not low, "fewer pass than recorded (now, recorded, not passing):\n" + "\n".join(
+        f"{t}: {v}" for t, v in low.items())
+
+
+@pytest.mark.slow
+def test_no_failure_outside_the_lists(report):
+    recorded = _recorded()["classes"]
+    unlisted = {}
+    for c in report.classes:
+        kernel_bad = set(recorded.get(c.target, {}).get("kernel_not_passing", ()))
+        for t, why in _not_passing(c).items():
+            if t not in c.excluded and t not in KNOWN_BUGS.keys() | RACY_BUGS.keys() \
+                    and t not in kernel_bad:
+                unlisted[t] = why
+        for fixture, msg in c.ours.fixtures:
+            unlisted[fixture] = msg
+    assert not unlisted, "failing on ours, not excluded nor a known bug:\n" + "\n".join(
+        f"  {t}: {why}" for t, why in sorted(unlisted.items()))
+
+
+@pytest.mark.slow
+def test_known_bugs_still_fail(report):
+    outcomes = {t: o for c in report.classes for t, (o, _) in c.ours.outcomes.items()}
+    absent = sorted(t for t in KNOWN_BUGS.keys() | RACY_BUGS.keys() if t not in outcomes)
+    assert not absent, f"KNOWN_BUGS names tests that did not run: {absent}"
+    fixed = sorted(t for t in KNOWN_BUGS if outcomes[t] in ("pass", "xfail"))
+    assert not fixed, ("these pass now: take them out of KNOWN_BUGS and re-record "
+                       f"(python -m impl.run.compat --record): {fixed}")
+
+
+@pytest.mark.slow
+def test_connected_classes_ran_over_rings(report):
+    import test.test_socket as ts
+    bases = tuple(getattr(ts, name) for name in _CONNECTED_BASES)
+    checked = 0
+    for c in report.classes:
+        assert c.ours.socket_class in ("impl.sdsocket", ""), c.target
+        if c.module != ts.__name__ or not issubclass(getattr(ts, c.name), bases):
+            continue
+        assert c.ours.socket_class == "impl.sdsocket", f"{c.name} was not patched"
+        assert c.rings and c.rings > 0, f"{c.name}: no ring connection (rings={c.rings})"
+        checked += 1
+    assert checked >= 10, "too few connected classes ran"
+
+
+def test_exclusions_name_existing_tests_with_reasons():
+    excluded = compat.load_exclusions()
+    assert excluded, "the exclusion file is empty or missing"
+    ids = set()
+    for target in compat.all_targets():
+        module, _, name = target.rpartition(".")
+        cls = getattr(__import__(module, fromlist=[name]), name, None)
+        if cls is not None:
+            ids |= {t.id() for t in compat._iter_tests(
+                unittest.defaultTestLoader.loadTestsFromTestCase(cls))}
+    unknown = sorted(set(excluded) - ids)
+    assert not unknown, f"excluded tests that do not exist: {unknown}"
+    assert all(len(reason) >= 20 for reason in excluded.values())
+    assert not set(excluded) & (KNOWN_BUGS.keys() | RACY_BUGS.keys()), \
+        "a test is both excluded and a known bug"
+
+
+def test_exclusion_without_reason_is_refused(tmp_path):
+    path = tmp_path / "ex.toml"
+    path.write_text('["test.test_socket.BasicTCPTest"]\ntestDup = "  "\n')
+    with pytest.raises(ValueError, match="no reason"):
+        compat.load_exclusions(path)
+    path.write_text('["test.test_socket.BasicTCPTest"]\ntestDup = "kernel-only"\n')
+    assert compat.load_exclusions(path) == {"test.test_socket.BasicTCPTest.testDup":
+                                            "kernel-only"}
+
+
+_ROW = re.compile(r"^\| (socket|selectors)\.(\w+) \| (\d+) \| (\d+) / (\d+) / (\d+) \| "
+                  r"(\d+) / (\d+) / (\d+) \| (\d+) \| (\d*) \| ([^|]+) \|$")
+
+
+def test_command_table_and_json_agree(tmp_path):
+    """Two classes through the command: its table, its JSON and its exit status agree."""
+    out = tmp_path / "r.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "impl.run.compat", "-v", "--class", "ContextManagersTest",
+         "--class", "test.test_socket.TCPCloserTest", "--json", str(out)],
+        capture_output=True, text=True, timeout=WAIT, cwd=str(ROOT), env=env)
+    assert proc.returncode in (0, 1), proc.stderr
+    data = json.loads(out.read_text())
+    rows = {m.group(2): m for m in map(_ROW.match, proc.stdout.splitlines()) if m}
+    assert set(rows) == {"ContextManagersTest", "TCPCloserTest"}, proc.stdout
+    regressions = 0
+    for cls in data["classes"]:
+        row, n, tests = rows[cls["class"]], cls["counts"], cls["tests"]
+        assert [int(x) for x in row.group(3, 4, 5, 6, 7, 8, 9, 10)] == [
+            n["tests"], n["kernel_pass"], n["kernel_fail"], n["kernel_skip"], n["ours_pass"],
+            n["ours_fail"], n["ours_skip"], n["excluded"]]
+        assert len(tests) == n["tests"] > 0
+        assert n["kernel_pass"] == sum(t["kernel"] in ("pass", "xfail") for t in tests.values())
+        assert n["ours_pass"] == sum(t["ours"] in ("pass", "xfail") for t in tests.values())
+        assert cls["status"] == {"kernel": "ok", "ours": "ok"}
+        assert cls["rings"] >= 1, "the connected class made no ring connection"
+        for tid, t in tests.items():
+            if t["kernel"] == "pass" and t["ours"] not in ("pass", "xfail", "skip"):
+                regressions += 1
+                # -v names it, with the first line of its error
+                short = tid.split(".", 2)[2]
+                assert f"{short}: {t['ours_msg']}" in proc.stdout
+    total = data["totals"]
+    assert total["kernel_pass"] == sum(c["counts"]["kernel_pass"] for c in data["classes"])
+    assert f"{total['both_pass']} pass on ours" in proc.stdout
+    assert proc.returncode == (1 if regressions else 0)
+
+
+def test_unknown_class_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "impl.run.compat", "--class", "NoSuchTest"],
+                          capture_output=True, text=True, timeout=WAIT, cwd=str(ROOT),
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 2 and "unknown class 'NoSuchTest'" in proc.stderr
+
+
+def test_a_hanging_test_is_reported_and_the_class_goes_on(tmp_path, monkeypatch):
+    """A test that hangs is ended by its timeout, named, and the other tests still run."""
+    pkg = tmp_path / "hangpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "test_hang.py").write_text(
+        "import threading, unittest\n"
+        "class T(unittest.TestCase):\n"
+        "    def test_a(self): pass\n"
+        "    def test_b_hangs(self): threading.Event().wait()\n"
+        "    def test_c(self): self.assertEqual(1, 2)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    with tempfile.TemporaryDirectory() as d:
+        res = compat._run_side("kernel", "hangpkg.test_hang.T", skip=set(),
+                               env=dict(os.environ), test_timeout=2.0, class_timeout=60.0,
+                               workdir=Path(d))
+    assert res.status == "ok"
+    assert res.outcomes["hangpkg.test_hang.T.test_a"][0] == "pass"
+    assert res.outcomes["hangpkg.test_hang.T.test_b_hangs"][0] == "timeout"
+    assert res.outcomes["hangpkg.test_hang.T.test_c"] == (
+        "fail", "AssertionError: 1 != 2 [test_hang.py:5]")
+
+
+# -- the library bugs the suites found: minimal repros --------------------------------------
+
+
+@pytest.fixture
+def ring_pair(monitor):
+    """A connected (client, server) ring pair in this process."""
+    srv = impl.create_server(("127.0.0.1", 0))
+    cli = impl.create_connection(srv.getsockname(), timeout=30)
+    conn, _ = srv.accept()
+    assert (cli.transport, conn.transport) == ("ring", "ring")
+    yield cli, conn
+    for s in (cli, conn, srv):
+        s.close()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="patch.py replaces socket.SocketType, which must stay "
+                   "_socket.socket (test_SocketType_is_socketobject)")
+def test_bug_patch_keeps_sockettype():
+    import _socket
+    impl.patch()
+    try:
+        assert socket.SocketType is _socket.socket
+    finally:
+        impl.unpatch()
+
+
+@pytest.mark.xfail(strict=True, raises=OSError,
+                   reason="sdsocket.shutdown raises OSError(EINVAL) where the "
+                   "kernel's raises OverflowError for how > INT_MAX (testShutdown_overflow)")
+def test_bug_shutdown_overflow(ring_pair):
+    cli, _ = ring_pair
+    with pytest.raises(OverflowError):
+        cli.shutdown(2 ** 31)
+
+
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="sdsocket.sendmsg on a ring ignores the address "
+                   "without checking it: sends instead of TypeError (testSendmsgBadArgs)")
+def test_bug_sendmsg_checks_the_address(ring_pair):
+    cli, _ = ring_pair
+    with pytest.raises(TypeError):
+        cli.sendmsg([b"x"], [], 0, object())
+
+
+@pytest.mark.xfail(strict=True, raises=OSError,
+                   reason="sdsocket.sendmsg refuses any ancillary data with "
+                   "EOPNOTSUPP before checking its shape (TypeError) (testSendmsgBadCmsg)")
+def test_bug_sendmsg_checks_cmsg_shape(ring_pair):
+    cli, _ = ring_pair
+    with pytest.raises(TypeError):
+        cli.sendmsg([b"x"], [object()])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="sdsocket.sendto's Python signature gives another "
+                   "TypeError message than the C method (testSendtoErrors)")
+def test_bug_sendto_arity_message(monitor):
+    with impl.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with pytest.raises(TypeError, match=r"\(1 given\)"):
+            s.sendto(b"x")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="sdsocket.socket.__del__ hides _socket.socket's "
+                   "finalizer: no ResourceWarning for an unclosed kernel socket "
+                   "(test_dealloc_warn)")
+def test_bug_unclosed_kernel_socket_warns(monitor):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = impl.socket(socket.AF_INET, socket.SOCK_STREAM)
+        del s
+        gc.collect()
+    assert any(issubclass(w.category, ResourceWarning) for w in caught)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="a listener's setblocking(False) leaves its epoll "
+                   "descriptor blocking (fcntl shows no O_NONBLOCK) (testSetBlocking)")
+def test_bug_listener_descriptor_nonblocking(monitor):
+    with impl.create_server(("127.0.0.1", 0)) as srv:
+        assert srv.transport == "listener"
+        srv.setblocking(False)
+        assert fcntl.fcntl(srv, fcntl.F_GETFL) & os.O_NONBLOCK
+
+
+@pytest.mark.xfail(strict=True, raises=BrokenPipeError,
+                   reason="sendall(b'') to a closed peer raises EPIPE; the "
+                   "kernel sends nothing and returns (testCreateConnectionClose)")
+def test_bug_empty_sendall_after_peer_close(ring_pair):
+    cli, conn = ring_pair
+    conn.close()
+    assert cli.recv(1) == b""
+    cli.sendall(b"")
+
+
+@pytest.mark.xfail(strict=True, raises=BrokenPipeError,
+                   reason="the first send after the peer closed raises EPIPE; "
+                   "the kernel lets it through and fails the next one (testOutsideTimeout; "
+                   "docs/socket.md difference 3)")
+def test_bug_first_send_after_peer_close(ring_pair):
+    cli, conn = ring_pair
+    conn.close()
+    assert cli.send(b"late") == 4
+
+
+@pytest.mark.xfail(strict=True, raises=socket._GiveupOnSendfile,
+                   reason="socket._sendfile_use_sendfile runs os.sendfile on the "
+                   "ring's eventfd (EINVAL) (SendfileUsingSendfileTest)")
+def test_bug_sendfile_use_sendfile_on_a_ring(ring_pair, tmp_path):
+    cli, conn = ring_pair
+    path = tmp_path / "f"
+    path.write_bytes(b"abc" * 100)
+    with open(path, "rb") as f:
+        assert cli._sendfile_use_sendfile(f) == 300
+    assert conn.recv(300, socket.MSG_WAITALL) == b"abc" * 100
+
+
+@pytest.mark.xfail(strict=True, raises=ConnectionRefusedError,
+                   reason="the patched socket.create_connection is impl's, which "
+                   "does not look up socket.socket: a mocked socket class is bypassed "
+                   "(test_create_connection_timeout)")
+def test_bug_patched_create_connection_uses_socket_socket(monitor):
+    class Refuse(impl.socket):
+        def connect(self, address):
+            raise TimeoutError(errno.ETIMEDOUT, "mocked")
+
+    impl.patch()
+    saved = socket.socket
+    try:
+        socket.socket = Refuse
+        with pytest.raises(TimeoutError):
+            socket.create_connection(("127.0.0.1", 9))
+    finally:
+        socket.socket = saved
+        impl.unpatch()
