@@ -31,6 +31,7 @@ data calls) it asks a kernel socket of the same kind.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import operator
 import os
@@ -168,6 +169,7 @@ class _RingConn:
         self.monitor = monitor
         self.end = "client"         # or "server": which end of the monitor's connection
         self.family = family
+        self.peer_reset = False     # a send after the peer closed was let through (TCP)
         self.local, self.peer = local, peer
         self.refs = 1
         self.readiness = False      # fileno() was handed out: keep the eventfd exact
@@ -374,6 +376,14 @@ def _forked_child() -> None:
     held = [conn for conn in held if conn._ours(chan)]
     if held:
         _agent.register_child([[c.cid, c.end] for c in held], [c.hold[1] for c in held])
+
+
+def _c_int(value) -> int:
+    """*value* as the kernel's socket methods take an int argument (TypeError, OverflowError)."""
+    value = operator.index(value)
+    if not -2**31 <= value < 2**31:
+        raise OverflowError("Python int too large to convert to C int")
+    return value
 
 
 def _af_name(family: int) -> str:
@@ -615,6 +625,8 @@ class socket(_stdsocket.socket):
         if getattr(self, "_conn", None) is not None or getattr(self, "_lst", None) is not None:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self, stacklevel=2)
             self.close()
+        else:
+            super().__del__()   # the kernel socket's own finalizer: its ResourceWarning
 
     def get_inheritable(self) -> bool:
         """Get the inheritable flag of the descriptor."""
@@ -650,9 +662,15 @@ class socket(_stdsocket.socket):
         # Not the kernel's: a ring socket's descriptor is an eventfd that
         # the ring's waits rely on staying non-blocking.
         self._rtimeout = _timeout_value(value)
-        if _stdsocket.socket.fileno(self) < 0:
+        fd = _stdsocket.socket.fileno(self)
+        if fd < 0:
             # The kernel's socket object keeps the value and then fails, too.
             raise OSError(errno.EBADF, "Bad file descriptor")
+        if self._lst is not None:
+            # A listener's descriptor is an epoll set, which nothing of ours
+            # reads: give it the flag the kernel's socket would have
+            # (O_NONBLOCK whenever there is a timeout), as programs check it.
+            os.set_blocking(fd, self._rtimeout is None)
 
     def gettimeout(self) -> float | None:
         """Return the timeout in seconds, or None."""
@@ -970,7 +988,7 @@ class socket(_stdsocket.socket):
             try:  # the fast path of a blocking ring socket: one call into the ring
                 conn.writer.send_all(data)  # RingCredit!Write
             except BrokenPipeError:
-                raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+                return self._peer_gone(conn, len(data))
             return len(data)
         if conn is None:
             if self._lst is not None:
@@ -990,7 +1008,7 @@ class socket(_stdsocket.socket):
                 return memoryview(data).nbytes
             return self._send_timed(writer, data, timeout)
         except BrokenPipeError:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+            return self._peer_gone(conn, memoryview(data).nbytes)
 
     def sendall(self, data, flags: int = 0) -> None:
         """Send all of *data* (the timeout bounds the whole call)."""
@@ -999,7 +1017,7 @@ class socket(_stdsocket.socket):
             try:  # the fast path of a blocking ring socket: one call into the ring
                 conn.writer.send_all(data)  # RingCredit!Write
             except BrokenPipeError:
-                raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+                self._peer_gone(conn, memoryview(data).nbytes)
             return None
         if conn is None:
             if self._lst is not None:
@@ -1018,8 +1036,31 @@ class socket(_stdsocket.socket):
         except TimeoutError:
             raise TimeoutError("timed out") from None
         except BrokenPipeError:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+            self._peer_gone(conn, memoryview(data).nbytes)
         return None
+
+    def _peer_gone(self, conn: _RingConn, nbytes: int) -> int:
+        """A send of *nbytes* found the peer's reader closed: what the kernel would do.
+
+        TCP accepts the first send after the peer closed -- the peer's
+        kernel answers it with a reset -- and fails the ones after it.  Programs
+        rely on that: a server writes its reply to a client that has just
+        given up, and carries on.  But a peer that closed (or died) with
+        bytes of ours unread, or was never accepted (the monitor reset it),
+        resets at once, and an AF_UNIX socket always fails at once.
+        Sending nothing fails only once the reset came.
+        """
+        if self.family != AF_UNIX and not conn.peer_reset:
+            try:
+                reset = conn.writer.peer_reset or conn.writer.free != conn.tx.capacity
+            except OSError:
+                reset = True
+            if not reset:
+                if nbytes:
+                    conn.peer_reset = True  # the bytes are dropped, as the peer's RST would
+                return nbytes
+        conn.peer_reset = True
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
 
     @staticmethod
     def _send_timed(writer, data, timeout: float) -> int:
@@ -1055,8 +1096,12 @@ class socket(_stdsocket.socket):
                 raise _eagain()
             off += k
 
-    def sendto(self, data, flags_or_addr, addr=_UNSET) -> int:
-        """Send *data*; on a connected stream socket the address is ignored, as TCP does."""
+    def sendto(self, data, *args) -> int:
+        """sendto(data[, flags], address): on a connected stream socket the address is
+        ignored, as TCP does."""
+        if not 1 <= len(args) <= 2:
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+        flags_or_addr, addr = args[0], args[1] if len(args) == 2 else _UNSET
         if self._conn is None:
             target = self._lst.ksock if self._lst is not None else super()
             if addr is _UNSET:
@@ -1090,12 +1135,28 @@ class socket(_stdsocket.socket):
             return super().sendfile(file, offset, count)
         return self._sendfile_use_send(file, offset, count)
 
+    def _sendfile_use_sendfile(self, file, offset: int = 0, count: int | None = None) -> int:
+        # socket.sendfile()'s zero-copy half, which programs and tests call by
+        # name: sendfile(2) cannot write into a ring (the descriptor is an
+        # eventfd), so a ring socket copies.
+        if self._conn is None:
+            return super()._sendfile_use_sendfile(file, offset, count)
+        # The kernel path's own refusals first: socket.sendfile() falls back
+        # on them, and callers test them.
+        try:
+            size = os.fstat(file.fileno()).st_size
+        except (AttributeError, io.UnsupportedOperation, OSError) as err:
+            raise _stdsocket._GiveupOnSendfile(err) from None
+        if not size:
+            return 0    # an empty file: nothing to send, as the kernel path says
+        return self._sendfile_use_send(file, offset, count)
+
     def _writer(self, conn: _RingConn, flags: int):
         if flags & ~_SEND_FLAGS:  # (flags is a plain int: see _int_flags)
             raise OSError(errno.EOPNOTSUPP, f"send flags {flags & ~_SEND_FLAGS:#x} are not "
                           "supported on a socksdirect ring connection")
         if conn.shut_wr:
-            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
         return conn.writer
 
     def makefile(self, mode="r", buffering=None, *, encoding=None, errors=None, newline=None):
@@ -1116,6 +1177,7 @@ class socket(_stdsocket.socket):
                 return
             super().shutdown(how)
             return
+        how = _c_int(how)
         if how not in (SHUT_RD, SHUT_WR, SHUT_RDWR):
             raise OSError(errno.EINVAL, "Invalid argument")
         if how in (SHUT_WR, SHUT_RDWR) and not conn.shut_wr:

@@ -48,36 +48,20 @@ except ImportError:
 WAIT = 300.0    # bound on one command subprocess; only a hang reaches it
 
 _S = "test.test_socket."
-_SENDFILE = _S + "SendfileUsingSendfileTest."
 #: Tests failing on ours because of a library bug (not by design): test id -> bug.
 #: The bugs have repros below; when one is fixed, its tests leave this table.
 KNOWN_BUGS = {
-    _S + "GeneralModuleTests.test_SocketType_is_socketobject": "patch replaces SocketType",
-    _S + "GeneralModuleTests.testSendtoErrors": "sendto arity message",
-    _S + "GeneralModuleTests.test_dealloc_warn": "no ResourceWarning for kernel sockets",
-    _S + "BasicTCPTest.testShutdown_overflow": "shutdown(how) overflow",
-    _S + "BasicTCPTest2.testShutdown_overflow": "shutdown(how) overflow",
-    _S + "NonBlockingTCPTests.testSetBlocking": "listener fd O_NONBLOCK",
-    _S + "NonBlockingTCPTests.testSetBlocking_overflow": "listener fd O_NONBLOCK",
-    _S + "ContextManagersTest.testCreateConnectionClose": "sendall(b'') after peer close",
-    _S + "NetworkConnectionBehaviourTest.testOutsideTimeout": "EPIPE on first send",
-    _S + "NetworkConnectionNoServer.test_create_connection_timeout":
-        "patched create_connection ignores socket.socket",
     _S + "SendmsgTCPTest.testSendmsgBadArgs": "sendmsg address not checked",
     _S + "SendmsgUnixStreamTest.testSendmsgBadArgs": "sendmsg address not checked",
     _S + "SendmsgTCPTest.testSendmsgBadCmsg": "sendmsg cmsg not checked",
     _S + "SendmsgUnixStreamTest.testSendmsgBadCmsg": "sendmsg cmsg not checked",
     _S + "SendmsgTCPTest.testSendmsgBadMultiCmsg": "sendmsg cmsg not checked",
     _S + "SendmsgUnixStreamTest.testSendmsgBadMultiCmsg": "sendmsg cmsg not checked",
-    **{_SENDFILE + name: "_sendfile_use_sendfile on an eventfd"
-       for name in ("testCount", "testCountSmall", "testCountWithOffset", "testOffset",
-                    "testRegularFile", "testWithTimeout", "testWithTimeoutTriggeredSend")},
 }
-#: Known bugs whose failure depends on a race (a peer closing before a send; another
+#: Known bugs whose failure depends on a race (another
 #: thread using a socket whose connect() is not done): they may pass or fail; they
 #: count as passing for the recorded figures.
 RACY_BUGS = {
-    _S + "BufferIOTest.testRecvFromIntoSmallBuffer": "EPIPE on first send",
     _S + "TCPCloserTest.testClose": "accept() returns before the client's connect() is done",
 }
 #: Base classes whose tests talk over a connection: these classes must show ring connections.
@@ -277,10 +261,9 @@ def ring_pair(monitor):
         s.close()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="patch.py replaces socket.SocketType, which must stay "
-                   "_socket.socket (test_SocketType_is_socketobject)")
-def test_bug_patch_keeps_sockettype():
+def test_fixed_patch_keeps_sockettype():
+    """Was a library bug: patch.py replaces socket.SocketType, which must stay
+    _socket.socket (test_SocketType_is_socketobject)."""
     import _socket
     impl.patch()
     try:
@@ -289,10 +272,9 @@ def test_bug_patch_keeps_sockettype():
         impl.unpatch()
 
 
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="sdsocket.shutdown raises OSError(EINVAL) where the "
-                   "kernel's raises OverflowError for how > INT_MAX (testShutdown_overflow)")
-def test_bug_shutdown_overflow(ring_pair):
+def test_fixed_shutdown_overflow(ring_pair):
+    """Was a library bug: sdsocket.shutdown raises OSError(EINVAL) where the kernel's
+    raises OverflowError for how > INT_MAX (testShutdown_overflow)."""
     cli, _ = ring_pair
     with pytest.raises(OverflowError):
         cli.shutdown(2 ** 31)
@@ -316,20 +298,17 @@ def test_bug_sendmsg_checks_cmsg_shape(ring_pair):
         cli.sendmsg([b"x"], [object()])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="sdsocket.sendto's Python signature gives another "
-                   "TypeError message than the C method (testSendtoErrors)")
-def test_bug_sendto_arity_message(monitor):
+def test_fixed_sendto_arity_message(monitor):
+    """Was a library bug: sdsocket.sendto's Python signature gives another TypeError
+    message than the C method (testSendtoErrors)."""
     with impl.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         with pytest.raises(TypeError, match=r"\(1 given\)"):
             s.sendto(b"x")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="sdsocket.socket.__del__ hides _socket.socket's "
-                   "finalizer: no ResourceWarning for an unclosed kernel socket "
-                   "(test_dealloc_warn)")
-def test_bug_unclosed_kernel_socket_warns(monitor):
+def test_fixed_unclosed_kernel_socket_warns(monitor):
+    """Was a library bug: sdsocket.socket.__del__ hides _socket.socket's finalizer: no
+    ResourceWarning for an unclosed kernel socket (test_dealloc_warn)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         s = impl.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -338,40 +317,36 @@ def test_bug_unclosed_kernel_socket_warns(monitor):
     assert any(issubclass(w.category, ResourceWarning) for w in caught)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a listener's setblocking(False) leaves its epoll "
-                   "descriptor blocking (fcntl shows no O_NONBLOCK) (testSetBlocking)")
-def test_bug_listener_descriptor_nonblocking(monitor):
+def test_fixed_listener_descriptor_nonblocking(monitor):
+    """Was a library bug: a listener's setblocking(False) leaves its epoll descriptor
+    blocking (fcntl shows no O_NONBLOCK) (testSetBlocking)."""
     with impl.create_server(("127.0.0.1", 0)) as srv:
         assert srv.transport == "listener"
         srv.setblocking(False)
         assert fcntl.fcntl(srv, fcntl.F_GETFL) & os.O_NONBLOCK
 
 
-@pytest.mark.xfail(strict=True, raises=BrokenPipeError,
-                   reason="sendall(b'') to a closed peer raises EPIPE; the "
-                   "kernel sends nothing and returns (testCreateConnectionClose)")
-def test_bug_empty_sendall_after_peer_close(ring_pair):
+def test_fixed_empty_sendall_after_peer_close(ring_pair):
+    """Was a library bug: sendall(b'') to a closed peer raises EPIPE; the kernel sends
+    nothing and returns (testCreateConnectionClose)."""
     cli, conn = ring_pair
     conn.close()
     assert cli.recv(1) == b""
     cli.sendall(b"")
 
 
-@pytest.mark.xfail(strict=True, raises=BrokenPipeError,
-                   reason="the first send after the peer closed raises EPIPE; "
-                   "the kernel lets it through and fails the next one (testOutsideTimeout; "
-                   "docs/socket.md difference 3)")
-def test_bug_first_send_after_peer_close(ring_pair):
+def test_fixed_first_send_after_peer_close(ring_pair):
+    """Was a library bug: the first send after the peer closed raises EPIPE; the kernel
+    lets it through and fails the next one (testOutsideTimeout; docs/socket.md difference
+    3)."""
     cli, conn = ring_pair
     conn.close()
     assert cli.send(b"late") == 4
 
 
-@pytest.mark.xfail(strict=True, raises=socket._GiveupOnSendfile,
-                   reason="socket._sendfile_use_sendfile runs os.sendfile on the "
-                   "ring's eventfd (EINVAL) (SendfileUsingSendfileTest)")
-def test_bug_sendfile_use_sendfile_on_a_ring(ring_pair, tmp_path):
+def test_fixed_sendfile_use_sendfile_on_a_ring(ring_pair, tmp_path):
+    """Was a library bug: socket._sendfile_use_sendfile runs os.sendfile on the ring's
+    eventfd (EINVAL) (SendfileUsingSendfileTest)."""
     cli, conn = ring_pair
     path = tmp_path / "f"
     path.write_bytes(b"abc" * 100)
@@ -380,11 +355,10 @@ def test_bug_sendfile_use_sendfile_on_a_ring(ring_pair, tmp_path):
     assert conn.recv(300, socket.MSG_WAITALL) == b"abc" * 100
 
 
-@pytest.mark.xfail(strict=True, raises=ConnectionRefusedError,
-                   reason="the patched socket.create_connection is impl's, which "
-                   "does not look up socket.socket: a mocked socket class is bypassed "
-                   "(test_create_connection_timeout)")
-def test_bug_patched_create_connection_uses_socket_socket(monitor):
+def test_fixed_patched_create_connection_uses_socket_socket(monitor):
+    """Was a library bug: the patched socket.create_connection is impl's, which does not
+    look up socket.socket: a mocked socket class is bypassed
+    (test_create_connection_timeout)."""
     class Refuse(impl.socket):
         def connect(self, address):
             raise TimeoutError(errno.ETIMEDOUT, "mocked")

@@ -525,6 +525,20 @@ def test_reader_close_breaks_the_pipe(backend):
             r.recv_into(bytearray(1))
 
 
+@pytest.mark.parametrize("reset", [False, True])
+def test_reader_reset_is_a_close_the_writer_can_tell(backend, reset):
+    """close(reset=True) (the monitor, for a connection nobody accepted) is a close to
+    every path; only peer_reset tells it apart, for the socket's RST semantics."""
+    with Ring.create(8, backend=backend) as ring:
+        w, r = ring.writer(), ring.reader()
+        assert not w.peer_reset
+        r.close(reset=reset)
+        assert header(ring, "closed_rd") == (2 if reset else 1)
+        assert w.peer_reset == reset
+        with pytest.raises(BrokenPipeError):
+            w.write(b"x")
+
+
 def test_reader_close_wakes_a_blocked_writer(backend):
     with Ring.create(3, backend=backend, spin_ns=0, yields=0) as ring:
         w, r = ring.writer(), ring.reader()

@@ -626,13 +626,29 @@ def test_ring_refuses_ancillary_data_and_unknown_flags():
             p.b.recv(1)
 
 
-def test_ring_send_to_a_closed_peer_is_epipe_at_once():
-    """The kernel accepts one more send (then RST); a ring knows the peer is gone."""
-    with pair("ring") as p:
-        p.b.close()
-        with pytest.raises(BrokenPipeError) as info:
-            p.a.send(b"x")
-        assert info.value.errno == errno.EPIPE
+def _sends_after_peer_close(p) -> list:
+    """The peer closes; then send(b"x"), send(b"y"), sendall(b""): each one's result or errno."""
+    p.b.close()
+    assert p.a.recv(1) == b""       # the close has arrived (EOF), on either transport
+    out = []
+    for call in (lambda: p.a.send(b"x"), lambda: p.a.send(b"y"), lambda: p.a.sendall(b"")):
+        try:
+            out.append(call())
+        except OSError as exc:
+            out.append(errno.errorcode[exc.errno])
+    # (TCP over loopback: the peer's reset is delivered within the first send's call.)
+    return out
+
+
+@pytest.mark.parametrize("family", ["inet", "unix"])
+def test_send_to_a_closed_peer_like_the_kernel(family, tmp_path):
+    """TCP lets one send through (the peer answers it with RST) and fails the next with
+    EPIPE; AF_UNIX fails at once. Sending nothing fails once the reset came."""
+    with pair("kernel", family, tmp_path) as k:
+        want = _sends_after_peer_close(k)
+    with pair("ring", family, tmp_path) as r:
+        assert _sends_after_peer_close(r) == want
+    assert want == ([1, "EPIPE", "EPIPE"] if family == "inet" else ["EPIPE"] * 3)
 
 
 def test_ring_transport_and_repr():

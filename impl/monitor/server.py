@@ -748,7 +748,7 @@ class Monitor:
             conn = self.conns.get(lst.queue.popleft())
             if conn is not None and conn.sstate == "queued":
                 self.counters["resets"] += 1
-                self._close_side(conn, "server", dead=True)
+                self._close_side(conn, "server", dead=True, reset=True)
         log.info("listener %s closed", _fmt(list(key[2:])))
 
     # Connect.tla!HandleConnect
@@ -1021,13 +1021,14 @@ class Monitor:
         if lst is not None and conn.id in lst.queue:
             lst.queue.remove(conn.id)
 
-    def _close_side(self, conn: Conn, side: str, *, dead: bool) -> None:
+    def _close_side(self, conn: Conn, side: str, *, dead: bool, reset: bool = False) -> None:
         """Mark one side closed; for a dead or reset side, close its ring ends for it."""
         if dead:
             tx, rx = (conn.cs, conn.sc) if side == "client" else (conn.sc, conn.cs)
-            # What it wrote ends in EOF for the peer; what it would read, EPIPE.
+            # What it wrote ends in EOF for the peer; what it would read, EPIPE
+            # (at once after a reset, as after the kernel's RST).
             tx.writer().close()
-            rx.reader().close()
+            rx.reader().close(reset=reset)
         if side == "client":
             conn.cstate = "closed"
         else:

@@ -28,6 +28,12 @@ ARM = 2    # publish the sleeping flag (and re-check) if nothing can be done
 NOTOK = 4  # leave the token alone: a readiness probe, not an operation
 WAITALL = 8  # read: the operation (and its token) lasts until the buffer is full
 
+# A close flag's value when the monitor reset an end that its process never
+# took (a connection still queued when its listener closed): the kernel
+# answers such a connection with RST, so the writer's next send must fail at
+# once.  Any nonzero value means "closed" to the C and Python paths alike.
+RESET = 2
+
 # Result encoding (see ring.h): writes return n << 1 | wake, reads
 # n << 2 | eof << 1 | wake; errors are odd negative numbers, so that one
 # test of bit 0 sends both a needed wake-up and an error to the slow path.
@@ -322,12 +328,12 @@ class _Endpoint:
                 except BlockingIOError:
                     pass
 
-    def _set_closed(self) -> None:
-        """Publish this side's close flag, wake the peer, and detach."""
+    def _set_closed(self, value: int = 1) -> None:
+        """Publish this side's close flag (*value*: 1, or RESET), wake the peer, and detach."""
         if self._closed:
             return
         if self._q is not None:
-            self._store_flag(self._closed_flag, 1)
+            self._store_flag(self._closed_flag, value)
             # Signal unconditionally: close is rare, and a peer about to
             # sleep then finds the eventfd set whatever its flag said.
             self._signal()
@@ -455,6 +461,12 @@ class RingWriter(_Endpoint):
             return True
         return False
 
+    @property
+    def peer_reset(self) -> bool:
+        """True if the reader's end was reset (:data:`RESET`), not just closed."""
+        q = self._words()
+        return q[_W_CLOSED_RD] == RESET
+
     def _can_write(self, q) -> bool:
         """Would a write not block: free space, or the reader closed?"""
         return bool(q[_W_CLOSED_RD]) or q[_W_TAIL] - q[_W_HEAD] < self._cap
@@ -560,13 +572,14 @@ class RingReader(_Endpoint):
         k = self.read_into(buf)
         return bytes(buf[:k])
 
-    def close(self) -> None:
+    def close(self, *, reset: bool = False) -> None:
         """Stop reading: the writer's next write raises BrokenPipeError (EPIPE).
 
         Wakes a writer waiting for space.  Unread bytes are discarded.
         Later reads raise OSError(EBADF).  Closing twice is harmless.
+        *reset*: the end is reset, not closed (see :data:`RESET`).
         """
-        self._set_closed()
+        self._set_closed(RESET if reset else 1)
 
     @property
     def available(self) -> int:

@@ -1,15 +1,19 @@
 """``impl.patch()``: put :mod:`impl` in place of the socket module for a whole program.
 
-``impl.patch()`` replaces, in the :mod:`socket` module, ``socket``,
-``SocketType``, ``create_connection``, ``create_server`` and ``fromfd`` with
-impl's; in :mod:`selectors`, ``DefaultSelector`` with the ring-first
+``impl.patch()`` replaces, in the :mod:`socket` module, ``socket`` and
+``fromfd`` with impl's; in :mod:`selectors`, ``DefaultSelector`` with the ring-first
 :class:`impl.selectors.RingSelector`; and, unless a program already chose
 one, asyncio's event loop policy with :class:`impl.selectors.EventLoopPolicy`.
 ``impl.unpatch()`` puts every one of them back.  Code that looks the names
-up when it runs (``socket.socket(...)``, ``socket.create_connection(...)``:
-http.client, socketserver, asyncio, xmlrpc, ...) then gets impl's; code that
-bound them at import time (``from socket import socket``) before the patch
-keeps the kernel's.
+up when it runs (``socket.socket(...)``: http.client, socketserver, asyncio,
+xmlrpc, ...) then gets impl's; code that bound them at import time (``from
+socket import socket``) before the patch keeps the kernel's.
+
+Left as they are, because they already do the right thing: the stdlib's
+``create_connection`` and ``create_server`` look ``socket`` up when called,
+so they make impl sockets (and a program or test that replaces
+``socket.socket`` is obeyed); ``SocketType`` stays ``_socket.socket``, the
+base class every socket object, ours included, derives from.
 
 What stays the kernel's, on purpose:
 
@@ -49,9 +53,6 @@ ENV_PATCH = "SOCKSDIRECT_PATCH"
 
 _SOCKET_NAMES = {
     "socket": impl.sdsocket.socket,
-    "SocketType": impl.sdsocket.socket,
-    "create_connection": impl.sdsocket.create_connection,
-    "create_server": impl.sdsocket.create_server,
     "fromfd": impl.sdsocket.fromfd,
 }
 
