@@ -296,3 +296,80 @@ def test_select_on_patched_ring_socket(monitor, patched):
                 assert poller.poll(WAIT * 1000) == [(conn.fileno(), select.POLLIN)]
                 assert conn.recv(16) == b"ping"
                 assert select.select([conn], [], [], 0)[0] == []
+
+
+# -- TLS: OpenSSL uses the descriptor, so it must get a kernel socket ---------------------------
+def _tls_contexts():
+    ssl = pytest.importorskip("ssl", reason="Python built without OpenSSL")
+    import test
+    cert = os.path.join(os.path.dirname(test.__file__), "certdata", "keycert.pem")
+    if not os.path.exists(cert):
+        pytest.skip(f"no test certificate: {cert} (the stdlib test package's certdata)")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_NONE
+    return server, client
+
+
+def _tls_echo(server_ctx, client_ctx, *, wrap_listener: bool) -> tuple[bytes, str]:
+    """A TLS echo over patched sockets: (the echo, the raw client socket's transport)."""
+    import threading
+    srv = socket.create_server(("127.0.0.1", 0))
+    assert impl.transport_of(srv) == "listener"
+    addr = srv.getsockname()
+    if wrap_listener:
+        srv = server_ctx.wrap_socket(srv, server_side=True)
+    srv.settimeout(WAIT)
+    box = {}
+
+    def serve():
+        try:
+            conn, _ = srv.accept()
+            if not wrap_listener:
+                box["accepted"] = impl.transport_of(conn)
+                conn = server_ctx.wrap_socket(conn, server_side=True)
+            with conn:
+                conn.sendall(conn.recv(1024).upper())
+        except BaseException as exc:   # noqa: BLE001 - reported by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    raw = socket.create_connection(addr, timeout=WAIT)
+    transport = impl.transport_of(raw)
+    with client_ctx.wrap_socket(raw) as tls:
+        tls.sendall(b"over tls")
+        got = tls.recv(1024)
+    t.join(WAIT)
+    srv.close()
+    assert not t.is_alive() and "error" not in box, box
+    if not wrap_listener:
+        assert box["accepted"] == "ring"
+    return got, transport
+
+
+def test_tls_server_wrapping_its_listener_runs_over_the_kernel(monitor, patched):
+    """http.server-style TLS: the listener is wrapped, so it leaves the monitor and
+    clients connect through the kernel; nothing of OpenSSL touches an eventfd."""
+    server_ctx, client_ctx = _tls_contexts()
+    assert _tls_echo(server_ctx, client_ctx, wrap_listener=True) == (b"OVER TLS", "kernel")
+
+
+def test_tls_over_a_ring_connection_wrapped_after_connect(monitor, patched):
+    """Each accepted ring connection wrapped by the server (and the client's ring socket):
+    OpenSSL gets a kernel socketpair whose bytes a bridge copies to and from the ring."""
+    server_ctx, client_ctx = _tls_contexts()
+    assert _tls_echo(server_ctx, client_ctx, wrap_listener=False) == (b"OVER TLS", "ring")
+
+
+def test_unpatch_restores_ssl_wrap_socket():
+    import ssl
+    before = ssl.SSLContext.wrap_socket
+    impl.patch()
+    try:
+        assert ssl.SSLContext.wrap_socket is not before
+    finally:
+        impl.unpatch()
+    assert ssl.SSLContext.wrap_socket is before

@@ -25,6 +25,9 @@ What stays the kernel's, on purpose:
   ``fileno()`` is an eventfd readable exactly when ``recv`` would not block.
 * Datagram, raw and other-family sockets: impl.socket is then a plain kernel
   socket (it only routes AF_INET/AF_INET6/AF_UNIX stream connects).
+* TLS: ``ssl.SSLContext.wrap_socket`` is given a kernel socket in place of a
+  ring or listener one (:mod:`impl.run.tls`), since OpenSSL uses the
+  descriptor itself.
 
 impl's own modules keep using the kernel's socket and selectors modules
 while patched: each global of an ``impl.*`` module that names one of them
@@ -45,6 +48,7 @@ import threading
 import types
 
 import impl.sdsocket
+from impl.run import tls
 
 __all__ = ["patch", "unpatch", "is_patched", "ENV_PATCH"]
 
@@ -90,6 +94,7 @@ def patch(*, event_loop_policy: bool = True) -> None:
             for name, value in names.items():
                 saved[module, name] = getattr(module, name)
                 setattr(module, name, value)
+        _patch_ssl(saved)
         _set_policy = False
         # asyncio.events._event_loop_policy is None until someone asks for the
         # policy: only then is it certain that the program did not choose one.
@@ -116,6 +121,17 @@ def unpatch() -> None:
             asyncio.set_event_loop_policy(_old_policy)
         _set_policy = False
         _saved = None
+
+
+def _patch_ssl(saved: dict[tuple[object, str], object]) -> None:
+    """ssl.SSLContext.wrap_socket gets kernel sockets (see impl.run.tls); recorded in *saved*."""
+    try:
+        import ssl
+    except ImportError:     # Python built without OpenSSL: nothing to protect
+        return
+    original = ssl.SSLContext.wrap_socket
+    saved[ssl.SSLContext, "wrap_socket"] = original
+    ssl.SSLContext.wrap_socket = tls.patched_wrap_socket(original)
 
 
 def _frozen(module: types.ModuleType) -> types.ModuleType:
