@@ -98,6 +98,7 @@ _CMSG_HEADER = _stdsocket.CMSG_LEN(0)
 _RECORD = struct.Struct("<QQ")  # a side-channel record: stream position, length
 _SIDE_ANCBUF = _stdsocket.CMSG_SPACE(_SCM_MAX_FD * _FD_SIZE)
 _W_RECORDS = layout.word(layout.OFF_RECORDS)
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 
 # fd -> connection or listener, for socket(fileno=fd) after detach()
 _detached: dict[int, _RingConn | _Listener] = {}
@@ -513,14 +514,19 @@ def _scm_read(conn: _RingConn, view, peek: bool,
         _scm_prune(conn, head)
         limit = min(len(view), avail)
         records = conn.records
-        rec = records[0] if records and records[0][0] < head + limit else None
-        if rec is not None:
+        rec = records[0] if records and records[0][0] < head + avail else None
+        if rec is not None and rec[0] < head + limit:
             limit = min(limit, rec[0] + rec[1] - head)
         n = reader.read_into(view[:limit], peek=peek)  # RingCredit!Recv
-        if rec is None or n <= rec[0] - head:
+        if rec is None:
             return n, None
         if peek:
-            return n, [os.dup(fd) for fd in rec[2]]    # the kernel installs new ones per peek
+            # The kernel installs new descriptors on each peek -- and a peek
+            # walks on past its last byte to the first queued message with
+            # descriptors, and returns those (unix_stream_read_generic).
+            return n, [os.dup(fd) for fd in rec[2]]
+        if n <= rec[0] - head:
+            return n, None
         records.pop(0)
         return n, rec[2]
 
@@ -530,10 +536,12 @@ def _scm_deliver(fds: list[int] | None, ancbufsize: int, flags: int) -> tuple[li
 
     The kernel's scm_detach_fds: one SCM_RIGHTS item of at most
     (ancbufsize - CMSG_LEN(0)) // sizeof(int) descriptors, MSG_CTRUNC if some
-    did not fit; close-on-exec only with MSG_CMSG_CLOEXEC.
+    did not fit; close-on-exec only with MSG_CMSG_CLOEXEC, which the kernel
+    also echoes in msg_flags, descriptors or not.
     """
+    echo = flags & _CMSG_CLOEXEC
     if not fds:
-        return [], 0
+        return [], echo
     room = max(0, (ancbufsize - _CMSG_HEADER) // _FD_SIZE)
     keep, drop = fds[:room], fds[room:]
     _close_fds(drop)
@@ -541,7 +549,7 @@ def _scm_deliver(fds: list[int] | None, ancbufsize: int, flags: int) -> tuple[li
         for fd in keep:
             os.set_inheritable(fd, True)
     ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", keep).tobytes())] if keep else []
-    return ancdata, _MSG_CTRUNC if drop else 0
+    return ancdata, echo | (_MSG_CTRUNC if drop else 0)
 
 
 def _rights_items(conn: _RingConn, ancdata) -> tuple[list, int]:
@@ -565,6 +573,8 @@ def _rights_items(conn: _RingConn, ancdata) -> tuple[list, int]:
         except (TypeError, ValueError):
             _ancillary_error(items)
             raise
+        if not (_INT_MIN <= level <= _INT_MAX and _INT_MIN <= kind <= _INT_MAX):
+            _ancillary_error(items)     # socket.sendmsg's OverflowError
         if level != _SOL_SOCKET:
             continue
         if kind == _SCM_RIGHTS and conn.side is not None:
@@ -1214,7 +1224,7 @@ class socket(_stdsocket.socket):
         if ancbufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
         if conn.side is None:
-            return self.recv(bufsize, flags), [], 0, None
+            return self.recv(bufsize, flags), [], _int_flags(flags) & _CMSG_CLOEXEC, None
         if bufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
         flags = _int_flags(flags)
@@ -1235,7 +1245,8 @@ class socket(_stdsocket.socket):
         views = [memoryview(b).cast("B") for b in buffers]
         if conn.side is None:
             if len(views) == 1:
-                return self.recv_into(views[0], 0, flags), [], 0, None
+                return (self.recv_into(views[0], 0, flags), [],
+                        _int_flags(flags) & _CMSG_CLOEXEC, None)
             data = self.recv(sum(len(v) for v in views), flags)
         else:
             flags = _int_flags(flags)
@@ -1253,7 +1264,7 @@ class socket(_stdsocket.socket):
             v[:k] = data[off:off + k]
             off += k
         if conn.side is None:
-            return len(data), [], 0, None
+            return len(data), [], _int_flags(flags) & _CMSG_CLOEXEC, None
         return len(data), ancdata, msg_flags, None
 
     def _recv_scm(self, conn: _RingConn, view, flags: int) -> tuple[int, list[int] | None]:
