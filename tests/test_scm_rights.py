@@ -520,3 +520,93 @@ def test_monitor_keeps_no_side_channel(tmp_path, monitor):
         gc.collect()
         library_status()   # orders our CLOSEs before the count
         assert fd_count(monitor.pid) == base
+
+
+# -- rings only: a full ring, a message larger than the ring --------------------------------------
+def fill(sock) -> int:
+    """Write into *sock* until its ring is full; return how much."""
+    sock.setblocking(False)
+    total = 0
+    chunk = b"p" * 65536
+    while True:
+        try:
+            total += sock.send(chunk)
+        except BlockingIOError:
+            break
+    sock.settimeout(WAIT)
+    return total
+
+
+def read_all(sock, files: Files, total: int) -> list:
+    """recvmsg until *total* bytes came; [(length, received descriptors), ...]."""
+    got, out = 0, []
+    while got < total:
+        data, anc, _, _ = sock.recvmsg(65536, 1024)
+        assert data, "EOF before all the data came"
+        out.append((len(data), received(files, anc)))
+        got += len(data)
+    return out
+
+
+def test_full_ring_nonblocking_and_timeout_send_nothing(files):
+    """EAGAIN or TimeoutError on a full ring: neither the bytes nor the descriptors travel."""
+    a, b = impl.socketpair()
+    with a, b:
+        b.settimeout(WAIT)
+        total = fill(a)
+        a.settimeout(None)   # MSG_DONTWAIT counts on a blocking socket (with a timeout, it waits)
+        with pytest.raises(BlockingIOError):
+            a.sendmsg([b"x"], rights(files.fds[0]), stdsocket.MSG_DONTWAIT)
+        a.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            a.sendmsg([b"x"], rights(files.fds[0]))
+        a.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            a.sendmsg([b"x"], rights(files.fds[0]))
+        assert read_all(b, files, total) == [(65536, [])] * (total // 65536)
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recvmsg(10, 1024)
+
+
+def test_sender_waits_for_space_then_passes(files):
+    """A blocking sendmsg on a full ring waits; its descriptors come with its first byte."""
+    a, b = impl.socketpair()
+    with a, b:
+        b.settimeout(WAIT)
+        total = fill(a)
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.setdefault(
+            "sent", a.sendmsg([b"after"], rights(files.fds[1]))), daemon=True)
+        t.start()
+        plain = read_all(b, files, total)
+        t.join(WAIT)
+        assert not t.is_alive() and box["sent"] == 5
+        assert all(anc == [] for _, anc in plain)
+        data, anc, flags, _ = b.recvmsg(100, 1024)
+        assert (data, received(files, anc), flags) == (
+            b"after", [(SOL, RIGHTS, [("file1", True)], 0)], 0)
+
+
+def test_message_larger_than_the_ring(files):
+    """1 MiB through a 256 KiB ring: the descriptors come once, with the first bytes."""
+    a, b = impl.socketpair()
+    with a, b:
+        b.settimeout(WAIT)
+        a.settimeout(WAIT)
+        payload = bytes(range(256)) * 4096
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.setdefault(
+            "sent", a.sendmsg([payload], rights(files.fds[2]))), daemon=True)
+        t.start()
+        got = bytearray()
+        with_fds = []
+        while len(got) < len(payload):
+            data, anc, _, _ = b.recvmsg(65536, 1024)
+            assert data
+            if anc:
+                with_fds.append((len(got), received(files, anc)))
+            got += data
+        t.join(WAIT)
+        assert box["sent"] == len(payload) and bytes(got) == payload
+        assert with_fds == [(0, [(SOL, RIGHTS, [("file2", True)], 0)])]
