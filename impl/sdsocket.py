@@ -184,7 +184,9 @@ class _RingConn:
     kernel, and in flight they stay the kernel's (closed with the socket when
     the last holder of this end closes it or dies); why SEQPACKET: a record
     stays one message.  While the count is what this process last ``seen``
-    and nothing is queued, a read looks at one header word and no more.
+    and nothing is queued (``quiet``), a read looks at one header word more.
+    A plain read that was already waiting when a record came may read past
+    it; the next read prunes such records (closes their descriptors).
     """
 
     def __init__(self, tx: Ring, rx: Ring, cid: int | None, family: int,
@@ -195,6 +197,9 @@ class _RingConn:
         # [position, length, descriptors] drained from the side channel, not yet read.
         self.records: list[list] = []
         self.seen = 0               # the peer's record count when this process last drained
+        # What the peer's count must equal for a read to skip the side channel:
+        # ``seen`` while no drained record waits, else -1 (never).
+        self.quiet = 0
         # Header words: the count the peer bumps (rq) and ours (tq); None without a side channel.
         self.rq = rx._q if side is not None else None
         self.tq = tx._q if side is not None else None
@@ -325,6 +330,7 @@ class _RingConn:
         every process holding this end has closed its copy (or died).
         """
         records, self.records = self.records, []
+        self.quiet = -1
         for rec in records:
             _close_fds(rec[2])
         if self.side is not None:
@@ -469,6 +475,12 @@ def _scm_drain(conn: _RingConn) -> None:
         pos, length = _RECORD.unpack(data)
         records.append([pos, length, fds])
     conn.seen = count
+    _scm_requiet(conn)
+
+
+def _scm_requiet(conn: _RingConn) -> None:
+    """Set what the fast paths compare the peer's count with: -1 (never) while records wait."""
+    conn.quiet = -1 if conn.records else conn.seen
 
 
 def _fds_of(ancdata) -> list[int]:
@@ -490,14 +502,7 @@ def _scm_prune(conn: _RingConn, head: int) -> None:
     records = conn.records
     while records and records[0][0] < head:
         _close_fds(records.pop(0)[2])
-
-
-def _scm_discard(conn: _RingConn) -> None:
-    """After a plain read that did not look at the side channel: drop what it read past."""
-    if conn.side is None or conn.rq is None:
-        return
-    _scm_drain(conn)
-    _scm_prune(conn, conn.reader.head)
+    _scm_requiet(conn)
 
 
 def _scm_read(conn: _RingConn, view, peek: bool,
@@ -528,6 +533,7 @@ def _scm_read(conn: _RingConn, view, peek: bool,
         if n <= rec[0] - head:
             return n, None
         records.pop(0)
+        _scm_requiet(conn)
         return n, rec[2]
 
 
@@ -1142,12 +1148,10 @@ class socket(_stdsocket.socket):
         conn = self._conn
         if (conn is not None and (not flags or flags == MSG_WAITALL) and self._rtimeout is None
                 and 0 < bufsize <= _RECV_CHUNK and not conn.readiness and not conn.shut_rd
-                and (conn.rq is None or (conn.rq[_W_RECORDS] == conn.seen and not conn.records))):
+                and (conn.rq is None or conn.rq[_W_RECORDS] == conn.quiet)):
             # The fast path of a blocking ring socket: one call into the ring.
             buf = bytearray(bufsize)
             n = conn.reader.recv_into(buf, waitall=bool(flags))  # RingCredit!Recv
-            if conn.rq is not None and conn.rq[_W_RECORDS] != conn.seen:
-                _scm_discard(conn)
             return bytes(buf) if n == bufsize else bytes(memoryview(buf)[:n])
         if conn is None:
             if self._lst is not None:
@@ -1171,12 +1175,9 @@ class socket(_stdsocket.socket):
         if (conn is not None and (not flags or flags == MSG_WAITALL) and self._rtimeout is None
                 and not conn.readiness and not conn.shut_rd and type(buffer) is bytearray
                 and (not nbytes or nbytes == len(buffer))
-                and (conn.rq is None or (conn.rq[_W_RECORDS] == conn.seen and not conn.records))):
+                and (conn.rq is None or conn.rq[_W_RECORDS] == conn.quiet)):
             # the fast path: RingCredit!Recv
-            n = conn.reader.recv_into(buffer, waitall=bool(flags))
-            if conn.rq is not None and conn.rq[_W_RECORDS] != conn.seen:
-                _scm_discard(conn)
-            return n
+            return conn.reader.recv_into(buffer, waitall=bool(flags))
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recv_into(buffer, nbytes, flags)
@@ -1329,7 +1330,7 @@ class socket(_stdsocket.socket):
                           "supported on a socksdirect ring connection")
         if not len(view):
             return 0
-        if conn.rq is not None and (conn.records or conn.rq[_W_RECORDS] != conn.seen):
+        if conn.rq is not None and conn.rq[_W_RECORDS] != conn.quiet:
             # Descriptors are on their way: the kernel stops a plain read at the
             # end of their message and closes them (nobody asked for them).
             n, fds = self._recv_scm(conn, view, flags)
@@ -1361,8 +1362,6 @@ class socket(_stdsocket.socket):
             if armed and not conn.shut_rd and not reader.closed:
                 # RingWakeup: keep the eventfd readable exactly while data or EOF waits.
                 reader.settle()
-            if conn.rq is not None and conn.rq[_W_RECORDS] != conn.seen:
-                _scm_discard(conn)
 
     # -- sending ----------------------------------------------------------------------------
     def send(self, data, flags: int = 0) -> int:

@@ -610,3 +610,32 @@ def test_message_larger_than_the_ring(files):
         t.join(WAIT)
         assert box["sent"] == len(payload) and bytes(got) == payload
         assert with_fds == [(0, [(SOL, RIGHTS, [("file2", True)], 0)])]
+
+
+def test_plain_recv_already_waiting_closes_what_it_read_past():
+    """A blocking recv() that slept through a message with descriptors: they are closed.
+
+    The read may run past the message's end (it did not look at the side
+    channel); the next read prunes the record, closing its descriptors --
+    the write end of a pipe here, so the pipe's read end sees the hang-up.
+    """
+    r, w = os.pipe()
+    a, b = impl.socketpair()   # blocking, no timeout: recv takes the fast path
+    try:
+        box: dict = {}
+        t = threading.Thread(target=lambda: box.setdefault("got", b.recv(100)), daemon=True)
+        t.start()
+        a.sendmsg([b"abc"], rights(w))
+        os.close(w)
+        w = -1
+        t.join(WAIT)
+        assert not t.is_alive() and box["got"] == b"abc"
+        a.send(b"z")
+        assert b.recv(100) == b"z"
+        assert _hung_up(r), "the descriptor read past stayed open"
+    finally:
+        a.close()
+        b.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
