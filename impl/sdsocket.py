@@ -1229,7 +1229,9 @@ class socket(_stdsocket.socket):
         if bufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
         flags = _int_flags(flags)
-        buf = bytearray(min(bufsize, max(conn.reader.available, _RECV_CHUNK)))
+        if not flags & MSG_WAITALL:
+            bufsize = min(bufsize, max(conn.reader.available, _RECV_CHUNK))  # as recv() does
+        buf = bytearray(bufsize)
         n, fds = self._recv_scm(conn, memoryview(buf), flags)
         ancdata, msg_flags = _scm_deliver(fds, ancbufsize, flags)
         return bytes(memoryview(buf)[:n]), ancdata, msg_flags, None

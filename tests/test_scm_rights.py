@@ -639,3 +639,17 @@ def test_plain_recv_already_waiting_closes_what_it_read_past():
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_recvmsg_waitall_larger_than_a_chunk(files):
+    """recvmsg(n, MSG_WAITALL) for n above the read chunk still waits for all n bytes."""
+    a, b = impl.socketpair()
+    with a, b:
+        a.settimeout(WAIT)
+        b.settimeout(WAIT)
+        payload = os.urandom(200_000)
+        t = threading.Thread(target=lambda: a.sendall(payload), daemon=True)
+        t.start()
+        data, anc, flags, _ = b.recvmsg(len(payload), 1024, stdsocket.MSG_WAITALL)
+        t.join(WAIT)
+        assert (data == payload, anc, flags) == (True, [], 0)
