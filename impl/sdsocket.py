@@ -30,6 +30,7 @@ data calls) it asks a kernel socket of the same kind.
 
 from __future__ import annotations
 
+import array
 import errno
 import io
 import logging
@@ -60,7 +61,7 @@ import impl.fork  # noqa: F401  (the fork hooks, which call _prepare_fork and _f
 from impl.localaddr import is_local_address
 from impl.monitor import client as _client
 from impl.monitor import protocol as P
-from impl.ring import Ring, RingFds
+from impl.ring import Ring, RingFds, layout
 from impl.token import Token
 from impl.token import agent as _agent
 
@@ -88,6 +89,17 @@ _BUF_OPTS = ((SOL_SOCKET, SO_RCVBUF), (SOL_SOCKET, SO_SNDBUF))
 _UNIX_PATH_MAX = 107       # sun_path is 108 bytes, one for the terminating NUL
 _UNSET = object()
 _EAGAIN_MSG = "Resource temporarily unavailable"
+# Descriptor passing (SCM_RIGHTS) over AF_UNIX ring connections: see _RingConn.
+_SCM_RIGHTS = int(_stdsocket.SCM_RIGHTS)
+_SOL_SOCKET = int(SOL_SOCKET)
+_MSG_CTRUNC = int(_stdsocket.MSG_CTRUNC)
+_SCM_MAX_FD = 253              # the kernel's limit of descriptors in one message
+_FD_SIZE = struct.calcsize("i")
+_CMSG_HEADER = _stdsocket.CMSG_LEN(0)
+_RECORD = struct.Struct("<QQ")  # a side-channel record: stream position, length
+_SIDE_ANCBUF = _stdsocket.CMSG_SPACE(_SCM_MAX_FD * _FD_SIZE)
+_W_RECORDS = layout.word(layout.OFF_RECORDS)
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 
 # fd -> connection or listener, for socket(fileno=fd) after detach()
 _detached: dict[int, _RingConn | _Listener] = {}
@@ -159,11 +171,40 @@ class _RingConn:
     ``tx`` is the ring this end writes, ``rx`` the one it reads; ``cid`` the
     monitor's connection id (None for socketpair(), which has no monitor) and
     ``monitor`` the pid of the monitor that set it up.
+
+    ``side`` (AF_UNIX only) is this end of the connection's *side channel*,
+    a kernel SOCK_SEQPACKET socketpair that carries the descriptors passed
+    with ``sendmsg(SCM_RIGHTS)``.  A sender, holding the send token, queues a
+    record (the stream position of its message's first byte, the message's
+    length) with the descriptors, counts it in the header word ``records`` of
+    the ring it writes, and only then writes the bytes.  So a reader that
+    sees byte p in the ring can find p's record: it snapshots the ring's
+    ``available`` first, then -- if the count moved -- drains the side
+    channel into ``records`` (sorted by position), then reads at most the
+    snapshot.  Why a kernel socket: descriptors can only travel through the
+    kernel, and in flight they stay the kernel's (closed with the socket when
+    the last holder of this end closes it or dies); why SEQPACKET: a record
+    stays one message.  While the count is what this process last ``seen``
+    and nothing is queued (``quiet``), a read looks at one header word more.
+    A plain read that was already waiting when a record came may read past
+    it; the next read prunes such records (closes their descriptors).
     """
 
     def __init__(self, tx: Ring, rx: Ring, cid: int | None, family: int,
-                 local, peer, monitor: int = 0) -> None:
+                 local, peer, monitor: int = 0,
+                 side: _stdsocket.socket | None = None) -> None:
         self.tx, self.rx = tx, rx
+        self.side = side
+        # [position, length, descriptors] drained from the side channel, not yet read.
+        self.records: list[list] = []
+        self.seen = 0               # the peer's record count when this process last drained
+        # What the peer's count must equal for a read to skip the side channel:
+        # ``seen`` while no drained record waits, else -1 (never).
+        self.quiet = 0
+        # Header words: the count the peer bumps (rq) and ours (tq); None without a side channel.
+        self.rq = rx._q if side is not None else None
+        self.tq = tx._q if side is not None else None
+        self.probe = bytearray(1)   # where a wait for data peeks
         self.writer, self.reader = tx.writer(), rx.reader()
         self.cid = cid
         self.monitor = monitor
@@ -198,9 +239,11 @@ class _RingConn:
         """
         rest = list(fds)
         try:
-            if len(rest) != len(P.RING_FDS):
+            # AF_UNIX connections come with their end of the side channel.
+            want = len(P.RING_FDS) + (family == AF_UNIX)
+            if len(rest) != want:
                 raise OSError(errno.EPROTO, f"{len(rest)} ring descriptors from the monitor, "
-                              f"expected {len(P.RING_FDS)}")
+                              f"expected {want}")
             del rest[0:3]      # attach owns them from the call on, and closes them if it fails
             tx = Ring.attach(RingFds(*fds[0:3]), adopt=True)
         except BaseException:
@@ -208,11 +251,17 @@ class _RingConn:
                 os.close(fd)
             raise
         try:
+            del rest[0:3]
             rx = Ring.attach(RingFds(*fds[3:6]), adopt=True)
         except BaseException:
+            for fd in rest:
+                os.close(fd)
             tx.close()
             raise
-        return cls(tx, rx, cid, family, local, peer, monitor)
+        side = None
+        if rest:
+            side = _stdsocket.socket(AF_UNIX, _stdsocket.SOCK_SEQPACKET, 0, rest[0])
+        return cls(tx, rx, cid, family, local, peer, monitor, side)
 
     def init_tokens(self, end: str | None = None) -> None:
         """Give this end its send and receive tokens, owned by the calling thread.
@@ -268,11 +317,27 @@ class _RingConn:
             # Connect.tla!Close: the peer sees EOF on what we wrote and EPIPE on writes.
             self.writer.close()
             self.reader.close()
+        self.rq = self.tq = None
         self.tx.close()
         self.rx.close()
         if self.shadow is not None:
             self.shadow.close()
+        self._close_side()
         self._tell_monitor()
+
+    def _close_side(self) -> None:
+        """Close this process's side channel and the descriptors it drained and nobody read.
+
+        Descriptors still in the kernel's queue are closed by the kernel, once
+        every process holding this end has closed its copy (or died).
+        """
+        records, self.records = self.records, []
+        self.quiet = -1
+        for rec in records:
+            _close_fds(rec[2])
+        if self.side is not None:
+            self.side.close()
+            self.side = None
 
     def _last_holder(self) -> bool:
         """Is this process the last one holding this end (it was inherited by fork)?
@@ -384,6 +449,250 @@ def _c_int(value) -> int:
     if not -2**31 <= value < 2**31:
         raise OverflowError("Python int too large to convert to C int")
     return value
+
+
+def _close_fds(fds) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# -- descriptor passing over a ring connection's side channel (see _RingConn) -----------
+def _scm_drain(conn: _RingConn) -> None:
+    """Move the records queued on the side channel into ``conn.records``, if the count moved.
+
+    The count is read first: every record it counts was queued before, so
+    after the drain this process has seen them (or a fork sibling took them).
+    """
+    count = conn.rq[_W_RECORDS]
+    if count == conn.seen:
+        return
+    side, records = conn.side, conn.records
+    while True:
+        try:
+            data, anc, _, _ = side.recvmsg(_RECORD.size, _SIDE_ANCBUF,
+                                           MSG_DONTWAIT | _CMSG_CLOEXEC)
+        except (BlockingIOError, InterruptedError):
+            break
+        fds = _fds_of(anc)
+        if len(data) != _RECORD.size:
+            _close_fds(fds)     # EOF (b""), or not a record of ours
+            if not data:
+                break
+            continue
+        pos, length = _RECORD.unpack(data)
+        records.append([pos, length, fds])
+    conn.seen = count
+    _scm_requiet(conn)
+
+
+def _scm_requiet(conn: _RingConn) -> None:
+    """Set what the fast paths compare the peer's count with: -1 (never) while records wait."""
+    conn.quiet = -1 if conn.records else conn.seen
+
+
+def _fds_of(ancdata) -> list[int]:
+    fds = []
+    for level, kind, data in ancdata:
+        if level == _SOL_SOCKET and kind == _SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[:len(data) - len(data) % _FD_SIZE])
+            fds.extend(arr)
+    return fds
+
+
+def _scm_prune(conn: _RingConn, head: int) -> None:
+    """Close the descriptors of records whose first byte was read without them.
+
+    A plain read that was already waiting when the message came (or a fork
+    sibling's read) took the byte; the kernel would have closed them then.
+    """
+    records = conn.records
+    while records and records[0][0] < head:
+        _close_fds(records.pop(0)[2])
+    _scm_requiet(conn)
+
+
+def _scm_read(conn: _RingConn, view, peek: bool,
+              hold: float | None) -> tuple[int, list[int] | None]:
+    """One read of what is there now, never past a message with descriptors (see _recv_scm)."""
+    reader = conn.reader
+    tok = reader.token
+    with (tok.hold(hold) if tok is not None else nullcontext()):
+        avail = reader.available      # the snapshot: every record of these bytes is queued
+        if not avail:
+            return 0, None
+        _scm_drain(conn)
+        head = reader.head
+        _scm_prune(conn, head)
+        limit = min(len(view), avail)
+        records = conn.records
+        rec = records[0] if records and records[0][0] < head + avail else None
+        if rec is not None and rec[0] < head + limit:
+            limit = min(limit, rec[0] + rec[1] - head)
+        n = reader.read_into(view[:limit], peek=peek)  # RingCredit!Recv
+        if rec is None:
+            return n, None
+        if peek:
+            # The kernel installs new descriptors on each peek -- and a peek
+            # walks on past its last byte to the first queued message with
+            # descriptors, and returns those (unix_stream_read_generic).
+            return n, [os.dup(fd) for fd in rec[2]]
+        if n <= rec[0] - head:
+            return n, None
+        records.pop(0)
+        _scm_requiet(conn)
+        return n, rec[2]
+
+
+def _scm_deliver(fds: list[int] | None, ancbufsize: int, flags: int) -> tuple[list, int]:
+    """(ancdata, msg_flags) of recvmsg for *fds*: as many as fit in *ancbufsize*, others closed.
+
+    The kernel's scm_detach_fds: one SCM_RIGHTS item of at most
+    (ancbufsize - CMSG_LEN(0)) // sizeof(int) descriptors, MSG_CTRUNC if some
+    did not fit; close-on-exec only with MSG_CMSG_CLOEXEC, which the kernel
+    also echoes in msg_flags, descriptors or not.
+    """
+    echo = flags & _CMSG_CLOEXEC
+    if not fds:
+        return [], echo
+    room = max(0, (ancbufsize - _CMSG_HEADER) // _FD_SIZE)
+    keep, drop = fds[:room], fds[room:]
+    _close_fds(drop)
+    if not flags & _CMSG_CLOEXEC:
+        for fd in keep:
+            os.set_inheritable(fd, True)
+    ancdata = [(_SOL_SOCKET, _SCM_RIGHTS, array.array("i", keep).tobytes())] if keep else []
+    return ancdata, echo | (_MSG_CTRUNC if drop else 0)
+
+
+def _rights_items(conn: _RingConn, ancdata) -> tuple[list, int]:
+    """Check sendmsg's *ancdata* like the kernel path; return (items to pass, descriptor count).
+
+    Malformed items raise socket.sendmsg's own TypeError.  Items of other
+    levels are ignored, as the kernel does; SCM_RIGHTS goes on the side
+    channel of an AF_UNIX connection and is ignored on AF_INET/AF_INET6
+    (TCP ignores it too); any other SOL_SOCKET item is refused.
+    """
+    try:
+        items = list(ancdata)
+    except TypeError:
+        _ancillary_error(ancdata)
+        raise
+    out, nfds = [], 0
+    for item in items:
+        try:
+            level, kind, data = item
+            level, kind, size = operator.index(level), operator.index(kind), memoryview(data).nbytes
+        except (TypeError, ValueError):
+            _ancillary_error(items)
+            raise
+        if not (_INT_MIN <= level <= _INT_MAX and _INT_MIN <= kind <= _INT_MAX):
+            _ancillary_error(items)     # socket.sendmsg's OverflowError
+        if level != _SOL_SOCKET:
+            continue
+        if kind == _SCM_RIGHTS and conn.side is not None:
+            out.append(item)
+            nfds += size // _FD_SIZE
+        elif kind == _SCM_RIGHTS or (kind == _stdsocket.SCM_CREDENTIALS and conn.family != AF_UNIX):
+            continue
+        else:
+            raise OSError(errno.EOPNOTSUPP, f"ancillary data of type {kind} cannot travel over a "
+                          "socksdirect ring connection (only SCM_RIGHTS on AF_UNIX); use a kernel "
+                          "AF_UNIX socket")
+    return out, nfds
+
+
+def _ancillary_error(ancdata) -> None:
+    """Raise the TypeError (or OverflowError) socket.sendmsg raises for *ancdata*, if it does.
+
+    It is reproduced, not imitated: the same call on a throwaway kernel
+    socket, which parses its arguments before it could send anything.
+    """
+    with _stdsocket.socket(AF_UNIX, _stdsocket.SOCK_DGRAM) as probe:
+        try:
+            _stdsocket.socket.sendmsg(probe, [], ancdata, MSG_DONTWAIT)
+        except (TypeError, ValueError, OverflowError):
+            raise
+        except OSError:
+            pass
+
+
+def _check_sendmsg_address(conn: _RingConn, address) -> None:
+    """sendmsg's address on a connected stream socket: its form is checked, then as the kernel.
+
+    A wrong type raises the kernel path's TypeError (parsed by socket.sendmsg
+    on the shadow socket, which never sends); a well-formed address is
+    ignored on AF_INET/AF_INET6, as TCP does, and EISCONN on AF_UNIX.
+    """
+    try:
+        _stdsocket.socket.sendmsg(conn.shadow_socket(), [], (), MSG_DONTWAIT | _NOSIGNAL,
+                                  address)
+    except (TypeError, ValueError, OverflowError):
+        raise
+    except OSError:
+        pass
+    if conn.family == AF_UNIX:
+        raise OSError(errno.EISCONN, "Transport endpoint is already connected")
+
+
+def _check_fds(items: list) -> None:
+    """EBADF or EINVAL as the kernel gives them, for descriptors that are sent with no data."""
+    fds = []
+    for _, _, data in items:
+        view = memoryview(data).cast("B")
+        fds.extend(array.array("i", bytes(view[:len(view) - len(view) % _FD_SIZE])))
+    if len(fds) > _SCM_MAX_FD:
+        raise OSError(errno.EINVAL, "Invalid argument")
+    for fd in fds:
+        os.fstat(fd)
+
+
+def _space_for(conn: _RingConn, n: int, nowait: bool, deadline: float | None) -> int:
+    """How many of *n* bytes go with the descriptors: what fits now, after waiting for space."""
+    writer = conn.writer
+    while True:
+        free = writer.free
+        if free:
+            return min(n, free)
+        if nowait:
+            raise _eagain()
+        if writer.settle_space():   # RingWakeup, roles swapped: space or the reader closed
+            if not writer.free:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+            continue
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError("timed out")
+        _poll_in(conn.tx.fds().space_efd, left)
+
+
+def _side_send(conn: _RingConn, record: bytes, items: list, nowait: bool,
+               deadline: float | None) -> None:
+    """Queue *record* with its descriptors on the side channel; the kernel checks them."""
+    side = conn.side
+    while True:
+        try:
+            side.sendmsg([record], items, MSG_DONTWAIT | _NOSIGNAL)
+            return
+        except BlockingIOError:
+            # The peer has not drained its records: wait, like a full socket buffer.
+            if nowait:
+                raise _eagain() from None
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise TimeoutError("timed out")
+        poller = select.poll()
+        poller.register(side.fileno(), select.POLLOUT)
+        poller.poll(None if left is None else max(0, int(left * 1000)) + 1)
+
+
+def _poll_in(fd: int, timeout: float | None) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(None if timeout is None else max(0, int(timeout * 1000)) + 1)
 
 
 def _af_name(family: int) -> str:
@@ -856,7 +1165,8 @@ class socket(_stdsocket.socket):
         """Receive up to *bufsize* bytes; b"" at EOF."""
         conn = self._conn
         if (conn is not None and (not flags or flags == MSG_WAITALL) and self._rtimeout is None
-                and 0 < bufsize <= _RECV_CHUNK and not conn.readiness and not conn.shut_rd):
+                and 0 < bufsize <= _RECV_CHUNK and not conn.readiness and not conn.shut_rd
+                and (conn.rq is None or conn.rq[_W_RECORDS] == conn.quiet)):
             # The fast path of a blocking ring socket: one call into the ring.
             buf = bytearray(bufsize)
             n = conn.reader.recv_into(buf, waitall=bool(flags))  # RingCredit!Recv
@@ -882,7 +1192,8 @@ class socket(_stdsocket.socket):
         conn = self._conn
         if (conn is not None and (not flags or flags == MSG_WAITALL) and self._rtimeout is None
                 and not conn.readiness and not conn.shut_rd and type(buffer) is bytearray
-                and (not nbytes or nbytes == len(buffer))):
+                and (not nbytes or nbytes == len(buffer))
+                and (conn.rq is None or conn.rq[_W_RECORDS] == conn.quiet)):
             # the fast path: RingCredit!Recv
             return conn.reader.recv_into(buffer, waitall=bool(flags))
         if conn is None:
@@ -918,33 +1229,119 @@ class socket(_stdsocket.socket):
         return self.recv_into(buffer, nbytes, flags), None
 
     def recvmsg(self, bufsize: int, ancbufsize: int = 0, flags: int = 0):
-        """Like recv(); returns (data, [], msg_flags, None): rings carry no ancillary data."""
-        if self._conn is None:
+        """Receive up to *bufsize* bytes and ancillary data: (data, ancdata, msg_flags, None).
+
+        On an AF_UNIX ring connection *ancdata* holds the descriptors that
+        came with the data (SOL_SOCKET, SCM_RIGHTS), as many as fit in
+        *ancbufsize* bytes; the others are closed and MSG_CTRUNC is set.
+        """
+        conn = self._conn
+        if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recvmsg(bufsize, ancbufsize, flags)
             return super().recvmsg(bufsize, ancbufsize, flags)
         if ancbufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
-        return self.recv(bufsize, flags), [], 0, None
+        if conn.side is None:
+            return self.recv(bufsize, flags), [], _int_flags(flags) & _CMSG_CLOEXEC, None
+        if bufsize < 0:
+            raise ValueError("negative buffer size in recvmsg()")
+        flags = _int_flags(flags)
+        if not flags & MSG_WAITALL:
+            bufsize = min(bufsize, max(conn.reader.available, _RECV_CHUNK))  # as recv() does
+        buf = bytearray(bufsize)
+        n, fds = self._recv_scm(conn, memoryview(buf), flags)
+        ancdata, msg_flags = _scm_deliver(fds, ancbufsize, flags)
+        return bytes(memoryview(buf)[:n]), ancdata, msg_flags, None
 
     def recvmsg_into(self, buffers, ancbufsize: int = 0, flags: int = 0):
-        """Scatter into *buffers*; returns (nbytes, [], msg_flags, None)."""
-        if self._conn is None:
+        """Scatter into *buffers*; returns (nbytes, ancdata, msg_flags, None) as recvmsg()."""
+        conn = self._conn
+        if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recvmsg_into(buffers, ancbufsize, flags)
             return super().recvmsg_into(buffers, ancbufsize, flags)
         if ancbufsize < 0:
             raise ValueError("negative buffer size in recvmsg_into()")
         views = [memoryview(b).cast("B") for b in buffers]
-        if len(views) == 1:
-            return self.recv_into(views[0], 0, flags), [], 0, None
-        data = self.recv(sum(len(v) for v in views), flags)
+        if conn.side is None:
+            if len(views) == 1:
+                return (self.recv_into(views[0], 0, flags), [],
+                        _int_flags(flags) & _CMSG_CLOEXEC, None)
+            data = self.recv(sum(len(v) for v in views), flags)
+        else:
+            flags = _int_flags(flags)
+            if len(views) == 1:
+                n, fds = self._recv_scm(conn, views[0], flags)
+                ancdata, msg_flags = _scm_deliver(fds, ancbufsize, flags)
+                return n, ancdata, msg_flags, None
+            buf = bytearray(sum(len(v) for v in views))
+            n, fds = self._recv_scm(conn, memoryview(buf), flags)
+            ancdata, msg_flags = _scm_deliver(fds, ancbufsize, flags)
+            data = memoryview(buf)[:n]
         off = 0
         for v in views:
             k = min(len(v), len(data) - off)
             v[:k] = data[off:off + k]
             off += k
-        return len(data), [], 0, None
+        if conn.side is None:
+            return len(data), [], _int_flags(flags) & _CMSG_CLOEXEC, None
+        return len(data), ancdata, msg_flags, None
+
+    def _recv_scm(self, conn: _RingConn, view, flags: int) -> tuple[int, list[int] | None]:
+        """Read into *view* as the kernel's AF_UNIX stream does; return (count, descriptors).
+
+        The kernel's rules (unix_stream_read_generic): a read takes bytes up
+        to the end of the first message with descriptors that it reaches,
+        and that message's descriptors, then stops; bytes before it are
+        merged in.  MSG_PEEK leaves them queued and hands out new copies.
+        The descriptors (None if none) are the caller's to deliver or close.
+        """
+        if flags & ~_RECV_FLAGS:
+            raise OSError(errno.EOPNOTSUPP, f"recv flags {flags & ~_RECV_FLAGS:#x} are not "
+                          "supported on a socksdirect ring connection")
+        if not len(view):
+            return 0, None
+        if type(view) is not memoryview:
+            view = memoryview(view).cast("B")   # slices below must not copy
+        reader = conn.reader
+        peek = bool(flags & MSG_PEEK)
+        waitall = bool(flags & MSG_WAITALL) and not peek
+        timeout = self._rtimeout
+        nowait = timeout == 0.0 or conn.shut_rd or bool(flags & MSG_DONTWAIT and timeout is None)
+        deadline = None if timeout is None or nowait else time.monotonic() + timeout
+        armed = conn.readiness
+        got, fds = 0, None
+        try:
+            while True:
+                if not nowait and not reader.available:
+                    # Wait for a byte (or EOF) without taking it: what may be
+                    # read is decided below, against a snapshot, with the token.
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("timed out")
+                    if not reader.recv_into(conn.probe, left, peek=True):  # RingCredit!Recv
+                        break   # EOF
+                n, fds = _scm_read(conn, view[got:], peek, 0.0 if nowait else None)
+                got += n
+                if n == 0:
+                    if got or nowait or reader.eof:
+                        if not got and nowait and not conn.shut_rd and not reader.eof:
+                            raise _eagain()
+                        break
+                    continue    # another reader took the bytes: wait again
+                if fds is not None or not waitall or got == len(view):
+                    break
+        except TimeoutError:
+            if got:
+                return got, fds    # MSG_WAITALL: what came before the timeout
+            raise TimeoutError("timed out") from None
+        except BrokenPipeError:
+            raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer") from None
+        finally:
+            if armed and not conn.shut_rd and not reader.closed:
+                reader.settle()    # RingWakeup: the eventfd stays exact
+        return got, fds
 
     def _recv_ring(self, conn: _RingConn, view, flags: int) -> int:
         """Read into *view* per *flags*, waiting as the timeout says (RingCredit!Recv)."""
@@ -953,6 +1350,13 @@ class socket(_stdsocket.socket):
                           "supported on a socksdirect ring connection")
         if not len(view):
             return 0
+        if conn.rq is not None and conn.rq[_W_RECORDS] != conn.quiet:
+            # Descriptors are on their way: the kernel stops a plain read at the
+            # end of their message and closes them (nobody asked for them).
+            n, fds = self._recv_scm(conn, view, flags)
+            if fds is not None:
+                _close_fds(fds)
+            return n
         reader = conn.reader
         peek = bool(flags & MSG_PEEK)
         armed = conn.readiness
@@ -1111,15 +1515,60 @@ class socket(_stdsocket.socket):
         return self.send(data, flags)
 
     def sendmsg(self, buffers, ancdata=(), flags: int = 0, address=None) -> int:
-        """Send the concatenation of *buffers*; ancillary data is refused (EOPNOTSUPP)."""
-        if self._conn is None:
+        """Send the concatenation of *buffers*, with descriptors (SCM_RIGHTS) on AF_UNIX.
+
+        The descriptors go with the first byte of the data, as the kernel's
+        AF_UNIX stream sockets do; without data nothing is sent.  Other
+        ancillary data of level SOL_SOCKET is refused (EOPNOTSUPP); on an
+        AF_INET/AF_INET6 connection SCM_RIGHTS is ignored, as TCP does.
+        """
+        conn = self._conn
+        if conn is None:
             target = self._lst.ksock if self._lst is not None else super()
             return target.sendmsg(buffers, ancdata, flags, address)
-        if list(ancdata):
-            raise OSError(errno.EOPNOTSUPP, "ancillary data (SCM_RIGHTS, ...) cannot travel "
-                          "over a socksdirect ring connection; use a kernel AF_UNIX socket")
+        if address is not None:
+            _check_sendmsg_address(conn, address)
+        items, nfds = _rights_items(conn, ancdata)
         views = [memoryview(b).cast("B") for b in buffers]
-        return self.send(views[0] if len(views) == 1 else b"".join(views), flags)
+        data = views[0] if len(views) == 1 else b"".join(views)
+        if not nfds:
+            return self.send(data, flags)
+        return self._send_rights(conn, memoryview(data).cast("B"), items, _int_flags(flags))
+
+    def _send_rights(self, conn: _RingConn, view, items: list, flags: int) -> int:
+        """sendmsg with descriptors: record on the side channel, then the bytes (see _RingConn).
+
+        The record covers the bytes written at once (all of them when they
+        fit); the rest follow as plain bytes, as the kernel attaches
+        descriptors to the first of the buffers it splits a message into.
+        """
+        writer = self._writer(conn, flags)
+        if not len(view):
+            _check_fds(items)   # the kernel checks them, then sends nothing
+            return 0
+        timeout = self._rtimeout
+        nowait = timeout == 0.0 or bool(flags & MSG_DONTWAIT and timeout is None)
+        deadline = None if timeout is None or nowait else time.monotonic() + timeout
+        tok = writer.token
+        try:
+            with (tok.hold(0.0 if nowait else timeout) if tok is not None else nullcontext()):
+                k = _space_for(conn, len(view), nowait, deadline)
+                _side_send(conn, _RECORD.pack(writer.tail, k), items, nowait, deadline)
+                conn.tq[_W_RECORDS] += 1    # before the bytes: see _RingConn
+                writer.write(view[:k])      # fits: only we write, and space only grows
+                if k == len(view) or nowait:
+                    return k
+                start = writer.tail
+                try:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    writer.send_all(view[k:], left)  # RingCredit!Write
+                except TimeoutError:
+                    return k + writer.tail - start
+                return len(view)
+        except TimeoutError:
+            raise TimeoutError("timed out") from None
+        except BrokenPipeError:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
 
     def sendmsg_afalg(self, msg=(), *, op, iv=None, assoclen=None, flags: int = 0) -> int:
         """AF_ALG (kernel crypto) sockets only: a ring connection refuses it (EOPNOTSUPP)."""
@@ -1507,9 +1956,17 @@ def socketpair(family: int | None = None, type: int = SOCK_STREAM, proto: int = 
     except BaseException:
         r1.close()
         raise
-    c1 = _RingConn(r1, r2, None, AF_UNIX, "", "")
+    try:
+        # The side channel for descriptors (see _RingConn), as the monitor makes it.
+        s1, s2 = _stdsocket.socketpair(AF_UNIX, _stdsocket.SOCK_SEQPACKET)
+    except BaseException:
+        r1.close()
+        r2.close()
+        raise
+    c1 = _RingConn(r1, r2, None, AF_UNIX, "", "", side=s1)
     # The second end maps the same rings again, so each end closes its own.
-    c2 = _RingConn(Ring.attach(r2.fds()), Ring.attach(r1.fds()), None, AF_UNIX, "", "")
+    c2 = _RingConn(Ring.attach(r2.fds()), Ring.attach(r1.fds()), None, AF_UNIX, "", "",
+                   side=s2)
     c1.init_tokens()
     c2.init_tokens()
     return socket._from_conn(c1), socket._from_conn(c2)

@@ -14,7 +14,7 @@ tests/cpython_compat/recorded.json.  The checks:
 * the exclusion file names only existing tests, each with a reason;
 * the command's table and JSON agree with each other and with its run.
 
-The minimal repros of the library bugs are at the end, as strict xfails.
+The library bugs it found have minimal repros at the end, kept as regression tests.
 """
 
 from __future__ import annotations
@@ -51,12 +51,6 @@ _S = "test.test_socket."
 #: Tests failing on ours because of a library bug (not by design): test id -> bug.
 #: The bugs have repros below; when one is fixed, its tests leave this table.
 KNOWN_BUGS = {
-    _S + "SendmsgTCPTest.testSendmsgBadArgs": "sendmsg address not checked",
-    _S + "SendmsgUnixStreamTest.testSendmsgBadArgs": "sendmsg address not checked",
-    _S + "SendmsgTCPTest.testSendmsgBadCmsg": "sendmsg cmsg not checked",
-    _S + "SendmsgUnixStreamTest.testSendmsgBadCmsg": "sendmsg cmsg not checked",
-    _S + "SendmsgTCPTest.testSendmsgBadMultiCmsg": "sendmsg cmsg not checked",
-    _S + "SendmsgUnixStreamTest.testSendmsgBadMultiCmsg": "sendmsg cmsg not checked",
 }
 #: Known bugs whose failure depends on a race (another
 #: thread using a socket whose connect() is not done): they may pass or fail; they
@@ -280,19 +274,15 @@ def test_fixed_shutdown_overflow(ring_pair):
         cli.shutdown(2 ** 31)
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="sdsocket.sendmsg on a ring ignores the address "
-                   "without checking it: sends instead of TypeError (testSendmsgBadArgs)")
-def test_bug_sendmsg_checks_the_address(ring_pair):
+def test_sendmsg_checks_the_address(ring_pair):
+    """Fixed (SCM_RIGHTS work): the address's type is checked as the kernel path does."""
     cli, _ = ring_pair
     with pytest.raises(TypeError):
         cli.sendmsg([b"x"], [], 0, object())
 
 
-@pytest.mark.xfail(strict=True, raises=OSError,
-                   reason="sdsocket.sendmsg refuses any ancillary data with "
-                   "EOPNOTSUPP before checking its shape (TypeError) (testSendmsgBadCmsg)")
-def test_bug_sendmsg_checks_cmsg_shape(ring_pair):
+def test_sendmsg_checks_cmsg_shape(ring_pair):
+    """Fixed (SCM_RIGHTS work): malformed items raise socket.sendmsg's own TypeError."""
     cli, _ = ring_pair
     with pytest.raises(TypeError):
         cli.sendmsg([b"x"], [object()])

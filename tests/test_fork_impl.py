@@ -248,7 +248,7 @@ def test_forked_refuses_a_wrong_proof_and_close_ignores_shared(raw):
 
 
 def test_version_3_speaks_hold():
-    assert P.VERSION == 3 and P.OP_NAMES[P.HOLD] == "HOLD"
+    assert P.VERSION == 4 and P.OP_NAMES[P.HOLD] == "HOLD"
     assert P.decode(P.encode(P.FORKED, {"ends": [[1, "client"]]})).body == \
         {"ends": [[1, "client"]]}
     with pytest.raises(P.ProtocolError):

@@ -68,8 +68,10 @@ class RawConn:
         assert reply.body["route"] == "ring", reply.body
         self.id: int = reply.body["id"]
         fds = reply.fds
+        for fd in fds[6:]:
+            os.close(fd)    # the side channel for descriptors (protocol 4): not used here
         self.cs = Ring.attach(RingFds(*fds[:3]), adopt=True)   # client -> server
-        self.sc = Ring.attach(RingFds(*fds[3:]), adopt=True)
+        self.sc = Ring.attach(RingFds(*fds[3:6]), adopt=True)
         self._stack.callback(self.cs.close)
         self._stack.callback(self.sc.close)
         push = self.lchan.receive(TIMEOUT)

@@ -35,11 +35,13 @@ op             sender, channel            meaning
 HELLO          library, any               first message: protocol version -> OK
 CONNECT        library, process channel   set up a connection; fds: the client's
                                           kernel socket (its bound local address)
-                                          -> OK {route} (+6 ring fds if "ring")
+                                          -> OK {route} (+6 ring fds if "ring",
+                                          +1 side channel end for "unix")
 LISTEN         library, listener channel  register a listener; fds: the kernel
                                           listening socket -> OK; the channel
                                           then carries NEWCONN pushes
-NEWCONN        monitor, listener channel  -> a connection to accept (+6 ring fds)
+NEWCONN        monitor, listener channel  -> a connection to accept (+6 ring fds,
+                                          +1 side channel end for "unix")
 ACCEPTED       acceptor, process channel  -> this process took connection ``id``
                                           from a listener; fds: the memfd of the
                                           ring it reads (proof)
@@ -88,7 +90,11 @@ the memfd of the ring it reads (ACCEPTED).  A proof that does not match is
 refused with EPERM, a malformed list or descriptor count with EINVAL.
 
 Ring descriptors travel in the order of :data:`RING_FDS`: the ring this end
-writes (memfd, data eventfd, space eventfd), then the ring it reads.
+writes (memfd, data eventfd, space eventfd), then the ring it reads.  An
+AF_UNIX connection's ends get one more (version 4): their end of the
+connection's *side channel*, a kernel ``socketpair(AF_UNIX, SOCK_SEQPACKET)``
+made by the monitor, which carries the descriptors (``SCM_RIGHTS``) that the
+program passes over the connection; the monitor keeps no copy of it.
 """
 
 from __future__ import annotations
@@ -120,13 +126,13 @@ __all__ = [
 
 MAGIC = b"SD"
 #: Bumped on any incompatible change to this file (2: the token ops; 3: HOLD, and the
-#: proofs of FORKED and ACCEPTED).
-VERSION = 3
+#: proofs of FORKED and ACCEPTED; 4: the side channel of AF_UNIX connections).
+VERSION = 4
 HEADER = struct.Struct("<2sBBI")
 #: Largest body accepted; STATUS replies of big tables are the largest messages.
 MAX_BODY = 1 << 20
-#: Most descriptors one message may carry (6 ring fds; HOLD and FORKED carry one per
-#: end, so the library sends them in batches of at most MAX_ENDS).
+#: Most descriptors one message may carry (6 ring fds and a side channel; HOLD and
+#: FORKED carry one per end, so the library sends them in batches of at most MAX_ENDS).
 MAX_FDS = 8
 #: Most ends one HOLD or FORKED names (one descriptor each).
 MAX_ENDS = MAX_FDS
@@ -216,8 +222,9 @@ _ALLOWED = {op: frozenset(SCHEMAS[op]) | frozenset(OPTIONAL.get(op, {})) for op 
 FD_COUNTS: dict[int, frozenset[int]] = {op: frozenset({0}) for op in OPS}
 FD_COUNTS[CONNECT] = frozenset({1})
 FD_COUNTS[LISTEN] = frozenset({1})
-FD_COUNTS[NEWCONN] = frozenset({len(RING_FDS)})
-FD_COUNTS[OK] = frozenset({0, len(RING_FDS)})
+# The ring fds, and for an AF_UNIX connection its end of the side channel.
+FD_COUNTS[NEWCONN] = frozenset({len(RING_FDS), len(RING_FDS) + 1})
+FD_COUNTS[OK] = frozenset({0, len(RING_FDS), len(RING_FDS) + 1})
 # The proof; one without is the monitor's to refuse (a one-way message: it logs it).
 FD_COUNTS[ACCEPTED] = frozenset({0, 1})
 # One per end named; that the two agree is the monitor's check (EINVAL).

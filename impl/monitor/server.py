@@ -825,10 +825,30 @@ class Monitor:
             self._pool_ok = False
             self._kernel_route(chan)
             return
+        try:
+            side = _side_channel(lst.key[1])
+        except OSError as exc:
+            log.warning("cannot make a side channel for pid %d (%s): kernel route", proc.pid, exc)
+            cs.close()
+            sc.close()
+            self._kernel_route(chan)
+            return
+        # The monitor keeps no copy of the side channel: once both ends have
+        # theirs, the kernel frees it (and closes descriptors in flight) when
+        # the processes holding the ends have closed them.
+        try:
+            self._set_up_rings(chan, proc, lst, dest, local, cs, sc, side)
+        finally:
+            for end in side:
+                end.close()
+
+    def _set_up_rings(self, chan: Channel, proc: Proc, lst: Listener, dest: list,
+                      local: list | None, cs: Ring, sc: Ring, side: tuple) -> None:
         cid = next(self._ids)
         newconn = {"id": cid, "family": lst.key[1], "peer": local, "local": dest}
+        sfds = [end.fileno() for end in side]
         try:
-            P.send_msg(lst.chan.sock, P.NEWCONN, newconn, (*sc.fds(), *cs.fds()))
+            P.send_msg(lst.chan.sock, P.NEWCONN, newconn, (*sc.fds(), *cs.fds(), *sfds[1:]))
         except (BlockingIOError, InterruptedError) as exc:
             # The listener's channel is full: it accepts slower than the monitor
             # pushes.  Treat it as a full backlog, keep the listener.
@@ -851,7 +871,7 @@ class Monitor:
         proc.conns.add(cid)
         self.counters["connections"] += 1
         if not self._reply(chan, P.OK, {"route": "ring", "id": cid, "peer": dest},
-                           (*cs.fds(), *sc.fds())):
+                           (*cs.fds(), *sc.fds(), *sfds[:1])):
             if cid in self.conns and conn.cstate != "closed":
                 self._close_side(conn, "client", dead=True)
 
@@ -1507,6 +1527,20 @@ class Monitor:
 
 
 # -- helpers ---------------------------------------------------------------------------
+def _side_channel(family: str) -> tuple:
+    """The two ends of an AF_UNIX connection's side channel for descriptors; () for others.
+
+    SOCK_SEQPACKET: each record (a stream position and length, with its
+    descriptors as SCM_RIGHTS) stays one message, so the reader never has to
+    reassemble one, and the kernel keeps descriptors in flight safe.  Only
+    AF_UNIX connections get one: the kernel passes descriptors over no other
+    family, so the others would pay two descriptors per end for nothing.
+    """
+    if family != "unix":
+        return ()
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+
 def _peercred(sock: socket.socket) -> tuple[int, int, int]:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)

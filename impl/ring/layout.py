@@ -20,6 +20,8 @@ access.  Nothing else in the package hard-codes an offset.
           512  +-----------------------------------------------+
                | rtoken: the reader side's token word          |  the reading end's recv token
           640  +-----------------------------------------------+
+               | records: descriptor records queued (writer)   |  see "records" below
+          768  +-----------------------------------------------+
                | (unused)                                      |
          2048  +-----------------------------------------------+
                | payload: capacity bytes; stream position p    |
@@ -36,6 +38,15 @@ thread may use that side of the ring: ``owner_tid << 2 | WANT << 1 | BUSY``.
 It has lines of its own because threads of other processes CAS it when they
 take the token over, and that traffic must not slow the positions down.
 
+``records`` counts the descriptor records (``SCM_RIGHTS``) that the
+writing end of an AF_UNIX connection has queued on the connection's side
+channel (``impl.sdsocket``; docs/socket.md).  The writer stores it after
+queueing a record and before publishing the record's bytes (``tail``), so a
+reader that sees the bytes sees the count too and knows to look at the side
+channel; while the count stays what the reader last saw, a read costs no
+system call.  It has a line pair of its own: it changes only when
+descriptors travel, and must not disturb the positions' lines.
+
 Positions (``head``, ``tail``) are stream offsets that only grow, as in
 ``spec/tla/RingCredit.tla``; ``tail - head`` is the number of unread bytes
 and never exceeds the capacity.
@@ -48,7 +59,7 @@ __all__ = [
     "OFF_MAGIC", "OFF_VERSION", "OFF_CAPACITY", "OFF_DATA_OFF",
     "OFF_TAIL", "OFF_WRITER_SLEEPING", "OFF_CLOSED_WR", "OFF_WRITER_CPU",
     "OFF_HEAD", "OFF_READER_SLEEPING", "OFF_CLOSED_RD", "OFF_READER_CPU",
-    "OFF_WTOKEN", "OFF_RTOKEN", "TOKEN_BUSY", "TOKEN_WANT", "TOKEN_SHIFT",
+    "OFF_WTOKEN", "OFF_RTOKEN", "OFF_RECORDS", "TOKEN_BUSY", "TOKEN_WANT", "TOKEN_SHIFT",
     "HEADER_SIZE", "DATA_OFF", "FIELDS",
     "check_capacity", "map_size", "word",
 ]
@@ -56,7 +67,7 @@ __all__ = [
 #: "sdring\\0\\1" read as a little-endian word: marks a mapping as a ring.
 MAGIC = int.from_bytes(b"sdring\x00\x01", "little")
 #: Bumped on any change to this file's offsets or the meaning of a field.
-VERSION = 3
+VERSION = 4
 
 # Capacity bounds.  One byte is allowed on purpose: the spec's model checks
 # use rings of 4 to 8 bytes and the implementation must run those too.  The
@@ -86,12 +97,15 @@ OFF_READER_CPU = 280        # 1 + the one CPU the reader may run on; 0: not pinn
 OFF_WTOKEN = 384            # the token of the side that writes this ring (its end's send token)
 OFF_RTOKEN = 512            # the token of the side that reads this ring (its end's recv token)
 
+# Written by the writer (its send token held), read by the reader.
+OFF_RECORDS = 640           # descriptor records queued on the side channel so far
+
 # Token word bits: owner_tid << TOKEN_SHIFT | WANT | BUSY; owner 0 = no thread.
 TOKEN_BUSY = 1              # the owner is inside an operation
 TOKEN_WANT = 2              # a thread waits for the token: hand it over at exit
 TOKEN_SHIFT = 2
 
-HEADER_SIZE = 640
+HEADER_SIZE = 768
 
 # The payload starts half a page into the mapping.  glibc's memcpy on the
 # AMD machines this runs on slows down 5-10x when the destination lies 16
@@ -113,7 +127,7 @@ FIELDS = {
     "writer_cpu": OFF_WRITER_CPU,
     "head": OFF_HEAD, "reader_sleeping": OFF_READER_SLEEPING, "closed_rd": OFF_CLOSED_RD,
     "reader_cpu": OFF_READER_CPU,
-    "wtoken": OFF_WTOKEN, "rtoken": OFF_RTOKEN,
+    "wtoken": OFF_WTOKEN, "rtoken": OFF_RTOKEN, "records": OFF_RECORDS,
 }
 
 assert HEADER_SIZE <= DATA_OFF and DATA_OFF % 64 == 0
