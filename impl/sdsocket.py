@@ -772,7 +772,7 @@ class socket(_stdsocket.socket):
     docstring for what differs.
     """
 
-    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute")
+    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute", "_connecting")
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None) -> None:
         """Create a socket like socket.socket(family, type, proto, fileno).
@@ -793,6 +793,7 @@ class socket(_stdsocket.socket):
         self._rtimeout = _UNSET
         self._bufs: dict[tuple[int, int], int] = {}
         self._kroute = False
+        self._connecting: threading.Event | None = None  # a connect() is asking the monitor
 
     def _adopt(self, family: int, type: int, proto: int, src: int, close_src: bool) -> None:
         """Become a socket object on descriptor *src* (any kind of descriptor).
@@ -819,6 +820,7 @@ class socket(_stdsocket.socket):
             os.dup2(src, fd, inheritable=False)
         self._bufs = {}
         self._kroute = False
+        self._connecting = None
         _by_fd[fd] = self
 
     def _init_ring(self, conn: _RingConn, src: int, *, close_src: bool, type: int = SOCK_STREAM,
@@ -1025,19 +1027,34 @@ class socket(_stdsocket.socket):
         if lst is not None:
             return lst.ksock.connect_ex(address) if ex else lst.ksock.connect(address)
         if not self._kroute and self._ring_capable():
+            # Another thread may use this socket while we ask -- the peer's
+            # accept() can return before we have the rings (CPython's
+            # TCPCloserTest does so); its calls wait for us (_connected_meanwhile).
+            self._connecting = connecting = threading.Event()
             try:
                 conn = self._ask_monitor(address)
+                if conn is not None:
+                    self._become_ring(conn)
             except (TypeError, ValueError, OverflowError, _stdsocket.gaierror):
                 raise
             except OSError as exc:
                 if ex and exc.errno is not None:
                     return exc.errno
                 raise
+            finally:
+                self._connecting = None
+                connecting.set()
             if conn is not None:
-                self._become_ring(conn)
                 return 0 if ex else None
             self._kroute = True  # the kernel's from now on: its EALREADY, EISCONN, ...
         return super().connect_ex(address) if ex else super().connect(address)
+
+    def _connected_meanwhile(self) -> bool:
+        """Wait for a connect() in progress in another thread; True if it made a ring."""
+        connecting = self._connecting
+        if connecting is not None:
+            connecting.wait()
+        return self._conn is not None
 
     def _ask_monitor(self, address) -> _RingConn | None:
         """Connect.tla!Connect: ask for a ring; None means "use the kernel"."""
@@ -1174,6 +1191,8 @@ class socket(_stdsocket.socket):
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recv(bufsize, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.recv(bufsize, flags)
             return super().recv(bufsize, flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
@@ -1199,6 +1218,8 @@ class socket(_stdsocket.socket):
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recv_into(buffer, nbytes, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.recv_into(buffer, nbytes, flags)
             return super().recv_into(buffer, nbytes, flags)
         flags = _int_flags(flags)
         view = memoryview(buffer).cast("B")
@@ -1217,6 +1238,8 @@ class socket(_stdsocket.socket):
         if self._conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recvfrom(bufsize, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.recvfrom(bufsize, flags)
             return super().recvfrom(bufsize, flags)
         return self.recv(bufsize, flags), None
 
@@ -1225,6 +1248,8 @@ class socket(_stdsocket.socket):
         if self._conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recvfrom_into(buffer, nbytes, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.recvfrom_into(buffer, nbytes, flags)
             return super().recvfrom_into(buffer, nbytes, flags)
         return self.recv_into(buffer, nbytes, flags), None
 
@@ -1239,6 +1264,8 @@ class socket(_stdsocket.socket):
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recvmsg(bufsize, ancbufsize, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.recvmsg(bufsize, ancbufsize, flags)
             return super().recvmsg(bufsize, ancbufsize, flags)
         if ancbufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
@@ -1260,6 +1287,8 @@ class socket(_stdsocket.socket):
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.recvmsg_into(buffers, ancbufsize, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.recvmsg_into(buffers, ancbufsize, flags)
             return super().recvmsg_into(buffers, ancbufsize, flags)
         if ancbufsize < 0:
             raise ValueError("negative buffer size in recvmsg_into()")
@@ -1397,6 +1426,8 @@ class socket(_stdsocket.socket):
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.send(data, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.send(data, flags)
             return super().send(data, flags)
         flags = _int_flags(flags)
         writer = self._writer(conn, flags)
@@ -1426,6 +1457,8 @@ class socket(_stdsocket.socket):
         if conn is None:
             if self._lst is not None:
                 return self._lst.ksock.sendall(data, flags)
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.sendall(data, flags)
             return super().sendall(data, flags)
         flags = _int_flags(flags)
         writer = self._writer(conn, flags)
@@ -1507,6 +1540,8 @@ class socket(_stdsocket.socket):
             raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
         flags_or_addr, addr = args[0], args[1] if len(args) == 2 else _UNSET
         if self._conn is None:
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.sendto(data, *args)
             target = self._lst.ksock if self._lst is not None else super()
             if addr is _UNSET:
                 return target.sendto(data, flags_or_addr)
@@ -1524,6 +1559,8 @@ class socket(_stdsocket.socket):
         """
         conn = self._conn
         if conn is None:
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.sendmsg(buffers, ancdata, flags, address)
             target = self._lst.ksock if self._lst is not None else super()
             return target.sendmsg(buffers, ancdata, flags, address)
         if address is not None:
@@ -1624,6 +1661,8 @@ class socket(_stdsocket.socket):
             if self._lst is not None:
                 self._lst.shutdown(how)
                 return
+            if self._connecting is not None and self._connected_meanwhile():
+                return self.shutdown(how)
             super().shutdown(how)
             return
         how = _c_int(how)
@@ -1652,6 +1691,8 @@ class socket(_stdsocket.socket):
             return self._conn.peer
         if self._lst is not None:
             return self._lst.ksock.getpeername()
+        if self._connecting is not None and self._connected_meanwhile():
+            return self._conn.peer
         return super().getpeername()
 
     def setsockopt(self, level: int, optname: int, value, optlen: int | None = None) -> None:

@@ -50,14 +50,10 @@ WAIT = 300.0    # bound on one command subprocess; only a hang reaches it
 _S = "test.test_socket."
 #: Tests failing on ours because of a library bug (not by design): test id -> bug.
 #: The bugs have repros below; when one is fixed, its tests leave this table.
-KNOWN_BUGS = {
-}
-#: Known bugs whose failure depends on a race (another
-#: thread using a socket whose connect() is not done): they may pass or fail; they
-#: count as passing for the recorded figures.
-RACY_BUGS = {
-    _S + "TCPCloserTest.testClose": "accept() returns before the client's connect() is done",
-}
+KNOWN_BUGS: dict[str, str] = {}
+#: Known bugs whose failure depends on a race: they may pass or fail; they count as
+#: passing for the recorded figures.  (None now: the connect() race is fixed.)
+RACY_BUGS: dict[str, str] = {}
 #: Base classes whose tests talk over a connection: these classes must show ring connections.
 _CONNECTED_BASES = ("SocketConnectedTest", "ConnectedStreamTestMixin", "ThreadedTCPSocketTest")
 

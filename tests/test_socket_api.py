@@ -1258,3 +1258,38 @@ def test_listen_without_a_monitor_keeps_the_kernel_blocking_mode(monkeypatch, ti
                 t.join(WAIT)
             assert done and done[0][0].transport == "kernel"
             done[0][0].close()
+
+
+def test_another_thread_waits_for_a_ring_connect_in_progress(monitor, monkeypatch):
+    """The listener's accept() can return before connect() has its rings (the monitor tells
+    both at once). A thread that uses the client socket then -- CPython's TCPCloserTest
+    does -- must wait for the connect, not act on the unconnected kernel socket (ENOTCONN)."""
+    in_window, waiting = threading.Event(), threading.Event()
+    become_ring = sdsocket.socket._become_ring
+    meanwhile = sdsocket.socket._connected_meanwhile
+
+    def gated_become_ring(self, conn):
+        in_window.set()
+        assert waiting.wait(WAIT), "the other thread never waited for the connect"
+        become_ring(self, conn)
+
+    def noted_meanwhile(self):
+        waiting.set()
+        return meanwhile(self)
+
+    monkeypatch.setattr(sdsocket.socket, "_become_ring", gated_become_ring)
+    monkeypatch.setattr(sdsocket.socket, "_connected_meanwhile", noted_meanwhile)
+    with impl.create_server(("127.0.0.1", 0)) as srv:
+        cli = impl.socket(stdsocket.AF_INET, stdsocket.SOCK_STREAM)
+        with cli:
+            cli.settimeout(WAIT)
+            done = in_thread(lambda: cli.connect(srv.getsockname()))
+            assert in_window.wait(WAIT)
+            srv.settimeout(WAIT)
+            conn, _ = srv.accept()            # before the client has its rings
+            with conn:
+                conn.sendall(b"early")
+                assert cli.recv(5) == b"early"    # waits for the connect, then reads
+                assert cli.getpeername() == srv.getsockname()
+            done()
+            assert cli.transport == "ring"

@@ -47,6 +47,9 @@ channel; while the count stays what the reader last saw, a read costs no
 system call.  It has a line pair of its own: it changes only when
 descriptors travel, and must not disturb the positions' lines.
 
+``closed_rd`` is 1 when the reader closed and 2 (``impl.ring._core.RESET``)
+when the monitor reset the reading end; both mean closed to every path.
+
 Positions (``head``, ``tail``) are stream offsets that only grow, as in
 ``spec/tla/RingCredit.tla``; ``tail - head`` is the number of unread bytes
 and never exceeds the capacity.
