@@ -347,6 +347,11 @@ def _tls_echo(server_ctx, client_ctx, *, wrap_listener: bool) -> tuple[bytes, st
     assert not t.is_alive() and "error" not in box, box
     if not wrap_listener:
         assert box["accepted"] == "ring"
+    # Both ends closed: each bridge passes the EOF on and closes its ring socket and
+    # socketpair end. Wait for that, so no descriptor closes during a later test.
+    for bridge in [th for th in threading.enumerate() if th.name == "socksdirect-tls-bridge"]:
+        bridge.join(WAIT)
+        assert not bridge.is_alive(), "a TLS bridge did not end after both ends closed"
     return got, transport
 
 
