@@ -9,6 +9,7 @@ monitor of its own (an ACL, a restart, a kill) uses :func:`running_monitor`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -153,6 +154,9 @@ def open_fds() -> set[str]:
 @pytest.fixture
 def no_fd_leaks():
     """Fail the test if it leaves descriptors open (import it, with autouse, where wanted)."""
+    # Earlier tests' garbage first: a socket collected during this test would
+    # close a descriptor that was open before it, and fail it for nothing.
+    gc.collect()
     before = open_fds()
     yield
     assert open_fds() == before, "file descriptors leaked"
