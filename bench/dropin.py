@@ -36,6 +36,7 @@ import errno
 import json
 import os
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -274,12 +275,6 @@ def run_dropin(s: Settings, two: Placement, attempt: Attempt,
     return _results(runs, rates, two, final, time.monotonic() - started)
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def _results(runs: dict, rates: dict, two: Placement, counters: dict,
              duration: float) -> dict[str, object]:
     """Summaries, ratios and the goal from the raw samples."""
@@ -289,7 +284,7 @@ def _results(runs: dict, rates: dict, two: Placement, counters: dict,
         for mode in MODES:
             if runs[key][mode]:
                 summary = summarise_latency(runs[key][mode])
-                summary["per_s"] = _median(rates[key][mode])
+                summary["per_s"] = statistics.median(rates[key][mode])
                 summary["repeat_per_s"] = rates[key][mode]
                 modes[mode] = summary
         ratios = {}
@@ -337,7 +332,8 @@ def summary_lines(dropin: dict) -> list[str]:
 
 def markdown_section(results: dict) -> list[str]:
     """bench.md's "Drop-in" section (issue 6), or why it was not measured."""
-    from bench.report import _spread, _table, _us  # late: bench.report imports this module
+    # Late: bench.report imports this module.
+    from bench.report import _failed_lines, _spread, _table, _us
 
     dropin = results.get("dropin") or {}
     if not dropin:
@@ -367,10 +363,7 @@ def markdown_section(results: dict) -> list[str]:
         "every runner connection was a ring one by the programs' own report and the "
         "monitor's count, none fell back to the kernel. The part took "
         f"{dropin['duration_s']} s.", ""]
-    failed = {k: v for k, v in results["failed"].items() if k.startswith("dropin-")}
-    if failed:
-        lines += ["Failed and left out: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())
-                  + ".", ""]
+    lines += _failed_lines(results, "dropin-")
     rows = []
     for server in dropin["servers"].values():
         for mode, how in (("runner", "runner (rings)"), ("plain", "plain (TCP loopback)")):

@@ -76,6 +76,15 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]],
     return lines
 
 
+def _failed_lines(results: dict, prefix: str) -> list[str]:
+    """The section's line naming the measurements (keys starting *prefix*) that failed."""
+    failed = {k: v for k, v in results["failed"].items() if k.startswith(prefix)}
+    if not failed:
+        return []
+    return ["Failed and left out: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())
+            + ".", ""]
+
+
 # -- sections -----------------------------------------------------------------------------
 
 
@@ -631,10 +640,7 @@ def _tokens_section(results: dict) -> list[str]:
              "### Goals", "",
              *_table(["goal", "target", "measured", "result"],
                      _token_goal_rows(tok["goals"])), ""]
-    failed = {k: v for k, v in results["failed"].items() if k.startswith("tokens-")}
-    if failed:
-        lines += ["Failed and left out: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())
-                  + ".", ""]
+    lines += _failed_lines(results, "tokens-")
     if tok["single"]["cases"]:
         lines += ["### Single owner: token checks on against off", "",
                   "The ratio is the median of the pairs' ratios of the time per operation "
@@ -674,10 +680,7 @@ def _fork_section(results: dict) -> list[str]:
              "Issue 5: sockets stay usable in both processes after `fork()` "
              "([fork.md](fork.md)). The fork part took "
              f"{fork['duration_s']} s of the run.", ""]
-    failed = {k: v for k, v in results["failed"].items() if k.startswith("fork-")}
-    if failed:
-        lines += ["Failed and left out: " + "; ".join(f"`{k}`: {v}" for k, v in failed.items())
-                  + ".", ""]
+    lines += _failed_lines(results, "fork-")
     rates = fork["server"]["rates"]
     if rates:
         rows = []

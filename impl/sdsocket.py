@@ -210,7 +210,7 @@ class _RingConn:
         self.monitor = monitor
         self.end = "client"         # or "server": which end of the monitor's connection
         self.family = family
-        self.peer_reset = False     # a send after the peer closed was let through (TCP)
+        self.reset_seen = False     # the peer reset us (TCP: after the one send let through)
         self.local, self.peer = local, peer
         self.refs = 1
         self.readiness = False      # fileno() was handed out: keep the eventfd exact
@@ -1487,16 +1487,16 @@ class socket(_stdsocket.socket):
         resets at once, and an AF_UNIX socket always fails at once.
         Sending nothing fails only once the reset came.
         """
-        if self.family != AF_UNIX and not conn.peer_reset:
+        if self.family != AF_UNIX and not conn.reset_seen:
             try:
                 reset = conn.writer.peer_reset or conn.writer.free != conn.tx.capacity
             except OSError:
                 reset = True
             if not reset:
                 if nbytes:
-                    conn.peer_reset = True  # the bytes are dropped, as the peer's RST would
+                    conn.reset_seen = True  # the bytes are dropped, as the peer's RST would
                 return nbytes
-        conn.peer_reset = True
+        conn.reset_seen = True
         raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
 
     @staticmethod

@@ -6,9 +6,8 @@ echoed, and the transport of every connection.
 """
 
 import asyncio
-import json
-import sys
-import threading
+
+from aio_serve import serve_until_eof
 
 stats = {"connections": 0, "open": 0, "most_open": 0, "lines": 0, "transports": []}
 
@@ -31,16 +30,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 
 async def main() -> None:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)),
-                     daemon=True).start()
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    print(json.dumps({"port": server.sockets[0].getsockname()[1],
-                      "selector": type(loop._selector).__name__}), flush=True)
-    async with server:
-        await stop.wait()
-    print(json.dumps(stats), flush=True)
+    await serve_until_eof(lambda: asyncio.start_server(handle, "127.0.0.1", 0), stats)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,8 @@ and prints a report: requests served and the transport of every connection.
 """
 
 import asyncio
-import json
-import sys
-import threading
+
+from aio_serve import serve_until_eof
 
 HELLO = b"Hello, world!\n"
 OK = (b"HTTP/1.1 200 OK\r\nServer: aio_http\r\nContent-Type: text/plain\r\n"
@@ -60,15 +59,7 @@ class HTTPProtocol(asyncio.Protocol):
 
 async def main() -> None:
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)),
-                     daemon=True).start()
-    server = await loop.create_server(HTTPProtocol, "127.0.0.1", 0)
-    print(json.dumps({"port": server.sockets[0].getsockname()[1],
-                      "selector": type(loop._selector).__name__}), flush=True)
-    async with server:
-        await stop.wait()
-    print(json.dumps(stats), flush=True)
+    await serve_until_eof(lambda: loop.create_server(HTTPProtocol, "127.0.0.1", 0), stats)
 
 
 if __name__ == "__main__":
