@@ -28,6 +28,13 @@ What stays the kernel's, on purpose:
 * TLS: ``ssl.SSLContext.wrap_socket`` is given a kernel socket in place of a
   ring or listener one (:mod:`impl.run.tls`), since OpenSSL uses the
   descriptor itself.
+* multiprocessing's own sockets (``multiprocessing.connection``: Listener,
+  Client, managers; ``multiprocessing.forkserver``): they ``detach()`` the
+  descriptor and then ``os.read``/``os.write`` it, or hand a listener's
+  descriptor to a new process, neither of which a ring socket's eventfd (or
+  a listener's epoll descriptor) can serve.  Their ``socket`` global is the
+  frozen kernel copy described below, whether they were imported before
+  ``patch()`` or while patched (an import hook, :class:`_KernelSocketFinder`).
 
 impl's own modules keep using the kernel's socket and selectors modules
 while patched: each global of an ``impl.*`` module that names one of them
@@ -41,6 +48,8 @@ before ``patch()``, whose class is no longer ``socket.socket``.
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import selectors
 import socket
 import sys
@@ -60,7 +69,13 @@ _SOCKET_NAMES = {
     "fromfd": impl.sdsocket.fromfd,
 }
 
-_lock = threading.Lock()
+#: Modules that keep the kernel's socket module while patched (see the docstring):
+#: they give a socket's raw descriptor to code that is not a socket.
+KERNEL_SOCKET_MODULES = frozenset({"multiprocessing.connection", "multiprocessing.forkserver"})
+
+# Reentrant: the import hook records what it shields under it, and an import
+# may in principle happen in the thread that holds it inside patch().
+_lock = threading.RLock()
 # (object, attribute) -> value before patch(); None while not patched.
 _saved: dict[tuple[object, str], object] | None = None
 # The asyncio policy as it was (None: the default, not yet made), if we set ours.
@@ -88,7 +103,8 @@ def patch(*, event_loop_policy: bool = True) -> None:
         if _saved is not None:
             return
         saved: dict[tuple[object, str], object] = {}
-        _shield_library(saved)
+        kernel_socket = _frozen(socket)
+        _shield_library(saved, kernel_socket)
         selector_names = {"DefaultSelector": impl.selectors.RingSelector}
         for module, names in ((socket, _SOCKET_NAMES), (selectors, selector_names)):
             for name, value in names.items():
@@ -102,7 +118,11 @@ def patch(*, event_loop_policy: bool = True) -> None:
             _old_policy = None
             asyncio.set_event_loop_policy(impl.selectors.EventLoopPolicy())
             _set_policy = True
+        for name in KERNEL_SOCKET_MODULES & sys.modules.keys():
+            _keep_kernel_socket(sys.modules[name], kernel_socket, saved)
         _saved = saved
+        # Last: from here on, importing one of them is shielded as it loads.
+        sys.meta_path.insert(0, _KernelSocketFinder(kernel_socket))
 
 
 def unpatch() -> None:
@@ -114,6 +134,7 @@ def unpatch() -> None:
     with _lock:
         if _saved is None:
             return
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _KernelSocketFinder)]
         for (obj, name), value in _saved.items():
             setattr(obj, name, value)
         if _set_policy and isinstance(asyncio.events._event_loop_policy,
@@ -141,9 +162,10 @@ def _frozen(module: types.ModuleType) -> types.ModuleType:
     return copy
 
 
-def _shield_library(saved: dict[tuple[object, str], object]) -> None:
+def _shield_library(saved: dict[tuple[object, str], object],
+                    kernel_socket: types.ModuleType) -> None:
     """Point impl's own references to socket/selectors at unpatched copies; record them."""
-    copies = {id(socket): _frozen(socket), id(selectors): _frozen(selectors)}
+    copies = {id(socket): kernel_socket, id(selectors): _frozen(selectors)}
     for name, module in list(sys.modules.items()):
         if module is None or name == __name__ or not (name == "impl"
                                                        or name.startswith("impl.")):
@@ -153,3 +175,57 @@ def _shield_library(saved: dict[tuple[object, str], object]) -> None:
             if copy is not None and value is not copy:
                 saved[module, attr] = value
                 setattr(module, attr, copy)
+
+
+def _keep_kernel_socket(module: types.ModuleType, kernel_socket: types.ModuleType,
+                        saved: dict[tuple[object, str], object]) -> None:
+    """Point *module*'s ``socket`` global at the kernel copy; record the old value."""
+    if getattr(module, "socket", None) is socket:
+        saved[module, "socket"] = socket
+        module.socket = kernel_socket
+
+
+class _KernelSocketFinder(importlib.abc.MetaPathFinder):
+    """An import hook, installed while patched, for the KERNEL_SOCKET_MODULES.
+
+    It finds them as the rest of ``sys.meta_path`` would, and wraps the
+    loader so that the module's ``socket`` global is the kernel copy as soon
+    as the module has run: the functions look ``socket.socket`` up when
+    called, so nothing made at import time needs changing.
+    """
+
+    def __init__(self, kernel_socket: types.ModuleType) -> None:
+        self.kernel_socket = kernel_socket
+
+    def find_spec(self, fullname, path, target=None):
+        """Return the usual spec of a shielded module, with a wrapping loader; else None."""
+        if fullname not in KERNEL_SOCKET_MODULES:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _KernelSocketLoader(spec.loader, self.kernel_socket)
+        return spec
+
+
+class _KernelSocketLoader(importlib.abc.Loader):
+    """Runs the module with its own loader, then points its ``socket`` at the kernel copy."""
+
+    def __init__(self, loader, kernel_socket: types.ModuleType) -> None:
+        self.loader = loader
+        self.kernel_socket = kernel_socket
+
+    def create_module(self, spec):
+        """Let the real loader create the module (None: the default)."""
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        """Run the module, then shield it (if still patched)."""
+        self.loader.exec_module(module)
+        with _lock:
+            if _saved is not None:
+                _keep_kernel_socket(module, self.kernel_socket, _saved)
+
+    def __getattr__(self, name: str):
+        # get_source, get_code, is_package, ...: tracebacks and inspect use them.
+        return getattr(self.loader, name)
