@@ -378,3 +378,70 @@ def test_unpatch_restores_ssl_wrap_socket():
     finally:
         impl.unpatch()
     assert ssl.SSLContext.wrap_socket is before
+
+
+# -- multiprocessing ------------------------------------------------------------------------
+
+
+def test_multiprocessing_sockets_work_under_the_runner(monitor):
+    """Listener/Client, a Manager and fork/spawn/forkserver pools, all under the runner.
+
+    multiprocessing detaches its sockets' descriptors and os.read()s them, and
+    gives the forkserver its listener's descriptor: on ring sockets both fail
+    (EINVAL on an eventfd, ENOTSOCK on an epoll descriptor).  The pool
+    workers' own connections must still be ring ones.
+    """
+    before = connections(monitor)
+    proc = run("--subprocesses", str(TARGETS / "mp.py"))
+    assert proc.returncode == 0, proc.stderr
+    rep = report(proc)
+    assert (rep["unix"], rep["inet"], rep["manager"]) == (42, 42, {"a": 1})
+    for method in ("fork", "spawn", "forkserver"):
+        assert [w["answer"] for w in rep[method]] == [2, 4], method
+        assert {(w["cls"], w["transport"]) for w in rep[method]} == {("impl.sdsocket", "ring")}
+    assert rep["server_transports"] == ["ring"] * 6
+    assert connections(monitor) >= before + 6
+
+
+def test_patch_gives_multiprocessing_the_kernel_socket():
+    """multiprocessing modules imported before patch() keep the kernel's socket module."""
+    import multiprocessing.connection
+    import multiprocessing.forkserver
+    kernel = socket.socket
+    modules = (multiprocessing.connection, multiprocessing.forkserver)
+    impl.patch()
+    try:
+        for mod in modules:
+            assert mod.socket is not socket and mod.socket.socket is kernel, mod.__name__
+    finally:
+        impl.unpatch()
+    assert all(mod.socket is socket for mod in modules)
+
+
+SHIELD_ON_IMPORT = """
+import json, socket, sys
+import impl
+from impl.run.patch import KERNEL_SOCKET_MODULES
+kernel = socket.socket
+assert not KERNEL_SOCKET_MODULES & sys.modules.keys(), "imported too early to test the hook"
+impl.patch()
+import multiprocessing.connection as conn, multiprocessing.forkserver as fs
+import inspect
+report = {"patched": [m.socket.socket is kernel for m in (conn, fs)],
+          "source": "class Listener" in inspect.getsource(conn)}
+impl.unpatch()
+report["unpatched"] = [m.socket is socket for m in (conn, fs)]
+report["hooks"] = [type(f).__name__ for f in sys.meta_path if "Kernel" in type(f).__name__]
+print(json.dumps(report))
+"""
+
+
+def test_multiprocessing_imported_while_patched_gets_the_kernel_socket():
+    """The import hook shields a module imported after patch(), and leaves with unpatch()."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop(ENV_PATCH, None)
+    proc = subprocess.run([sys.executable, "-c", SHIELD_ON_IMPORT], capture_output=True,
+                          text=True, timeout=WAIT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert report(proc) == {"patched": [True, True], "source": True,
+                            "unpatched": [True, True], "hooks": []}
