@@ -16,6 +16,7 @@ import random
 import select
 import socket as stdsocket
 import threading
+import time
 import zlib
 
 import pytest
@@ -492,10 +493,8 @@ def test_blocking_accept_rides_out_a_monitor_restart(monkeypatch):
             mon2 = start_monitor(mon.path)
             clients.append(impl.create_connection(addr, timeout=WAIT))
             # The listener registers again within RETRY; connect until a ring comes.
-            for _ in range(200):
-                mon_listeners = mon2.status()["listeners"]
-                if mon_listeners:
-                    break
+            deadline = time.monotonic() + WAIT
+            while not mon2.status()["listeners"] and time.monotonic() < deadline:
                 select.select([], [], [], 0.05)
             assert mon2.status()["listeners"], "the listener never registered again"
             clients.append(impl.create_connection(addr, timeout=WAIT))

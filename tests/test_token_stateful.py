@@ -493,7 +493,8 @@ class TokenMachine(RuleBasedStateMachine):
             if written < CALL_LEN and not (word.owner == t and word.busy):
                 self._fail(what, got, {}, set(),
                            f"the send token was taken from {t} in the middle of its send "
-                           f"call ({written} of {CALL_LEN} chunks written)")
+                           f"call ({written} of {CALL_LEN} chunks written); the send "
+                           f"token's word is {self._who(got, 'send', t)}")
 
     @staticmethod
     def _who(got: M.State, k: str, t: str) -> str:

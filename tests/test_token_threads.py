@@ -441,7 +441,9 @@ def test_timed_send_behind_a_busy_sender_reports_none_of_its_bytes(pair):
     owner = Op(a.sendall, first)
     busy_in(st, owner, "the sender")
     timed = a.dup()
-    timed.settimeout(2.0)
+    # Long enough that a stalled main thread still sees the waiter queued and
+    # the owner write more before it gives up; the test waits this long.
+    timed.settimeout(5.0)
     try:
         waiter = Op(timed.send, b"mine")
         queued(st, [waiter], "the timed sender")
