@@ -72,13 +72,69 @@ def report() -> compat.Report:
     """One patched run of every class, against a private monitor (about a minute)."""
     targets = [t for t in compat.all_targets() if not compat._absent(t)]
     with running_monitor() as mon:
-        return compat.run(targets, monitor_path=mon.path, sides=("ours",))
+        rep = compat.run(targets, monitor_path=mon.path, sides=("ours",))
+        _second_chance(rep, mon.path)
+    return rep
+
+
+def _second_chance(rep: compat.Report, monitor_path: str) -> None:
+    """Run once more each class with a test failing unexpectedly; a pass then counts.
+
+    Some of CPython's tests bound how long a wait takes (test_selectors'
+    timeouts must last 0.8 to 2 s, others less than 0.5 s): on a loaded
+    machine one can fail for a correct socket.  A test that fails twice is
+    still reported; one that passed the second time says so in its message.
+    """
+    recorded = json.loads(compat.RECORDED.read_text()).get("classes", {})
+    suspects = set()
+    for c in rep.classes:
+        expected = set(recorded.get(c.target, {}).get("kernel_not_passing", ()))
+        expected |= KNOWN_BUGS.keys() | RACY_BUGS.keys()
+        if set(_not_passing(c)) - expected:
+            suspects.add(c.target)
+    if not suspects:
+        return
+    again = {c.target: c for c in compat.run(sorted(suspects), monitor_path=monitor_path,
+                                             sides=("ours",)).classes}
+    for c in rep.classes:
+        if c.target in again:
+            for t, why in _not_passing(c).items():
+                if again[c.target].ours.outcomes.get(t, ("", ""))[0] == "pass":
+                    c.ours.outcomes[t] = ("pass", f"passed on a second run, after {why}")
 
 
 def _not_passing(c: compat.ClassResult) -> dict[str, str]:
     """Tests of *c* not passing on ours (failures, timeouts, unexpected skips), with why."""
     return {t: f"{o}: {msg}" for t, (o, msg) in c.ours.outcomes.items()
             if o not in ("pass", "xfail", "skip", "excluded")}
+
+
+def test_second_chance_keeps_only_a_pass_on_the_second_run(monkeypatch):
+    """A test failing once is run again; it counts as passing only if it then passes."""
+    def result(target: str, outcomes: dict) -> compat.ClassResult:
+        return compat.ClassResult(target, compat.SideResult(),
+                                  compat.SideResult(outcomes=dict(outcomes)), {})
+
+    first = compat.Report([
+        result("test.test_selectors.X", {"t.slow": ("fail", "1.9 not less than 0.5"),
+                                          "t.broken": ("fail", "EINVAL"),
+                                          "t.ok": ("pass", "")}),
+        result("test.test_selectors.Y", {"t.fine": ("pass", "")}),
+    ])
+    asked = []
+
+    def rerun(targets, **kwargs):
+        asked.append(list(targets))
+        return compat.Report([result("test.test_selectors.X",
+                                     {"t.slow": ("pass", ""), "t.broken": ("fail", "EINVAL"),
+                                      "t.ok": ("pass", "")})])
+
+    monkeypatch.setattr(compat, "run", rerun)
+    _second_chance(first, "unused")
+    assert asked == [["test.test_selectors.X"]], "only the class with a failure runs again"
+    x = first.classes[0].ours.outcomes
+    assert x["t.slow"][0] == "pass" and "second run" in x["t.slow"][1]
+    assert x["t.broken"] == ("fail", "EINVAL")
 
 
 @pytest.mark.slow
