@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import time
 
 import pytest
 
@@ -314,3 +315,46 @@ def test_status_never_lists_a_process_that_has_exited():
             assert reply.op == P.OK
             assert other.pid not in [p["pid"] for p in reply.body["processes"]]
             assert [c["client_side"] for c in reply.body["connections"]] == ["closed"]
+
+
+def test_listener_owner_dies_with_a_queued_connection():
+    """The owner of a listener with an unaccepted ring connection dies while the monitor sleeps.
+
+    Woken, the monitor sees the listener channel's EOF first: unlistening
+    resets the queued connection, which reaps the dead process, whose
+    cleanup drops the channel being dropped (once a KeyError, counted as an
+    internal error).
+    """
+    with running_monitor() as mon:
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:      # pragma: no cover - the child
+            try:
+                os.close(ready_r)
+                os.close(go_w)
+                srv = impl.create_server(("127.0.0.1", 0))
+                cli = impl.create_connection(srv.getsockname(), timeout=TIMEOUT)
+                os.write(ready_w, cli.transport.encode())
+                os.read(go_r, 1)
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        os.close(go_r)
+        try:
+            assert os.read(ready_r, 16) == b"ring"
+            os.kill(mon.pid, signal.SIGSTOP)
+            try:
+                os.write(go_w, b"x")
+                assert os.waitpid(pid, 0)[1] == 0
+            finally:
+                os.kill(mon.pid, signal.SIGCONT)
+        finally:
+            os.close(ready_r)
+            os.close(go_w)
+        deadline = time.monotonic() + TIMEOUT
+        while mon.status()["listeners"] and time.monotonic() < deadline:
+            select.select([], [], [], 0.01)
+        status = mon.status()
+        assert status["listeners"] == [] and status["connections"] == []
+        assert status["counters"]["internal_errors"] == 0

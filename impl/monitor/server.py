@@ -574,6 +574,10 @@ class Monitor:
             return
         if chan.listener is not None:
             self._unlisten(chan.listener)
+            # Unlistening resets the queued connections, and settling those can
+            # reap this channel's process, whose cleanup drops this very channel.
+            if self.channels.get(fd) is not chan:
+                return
         del self.channels[fd]
         try:
             self._sel.unregister(chan.sock)
