@@ -9,6 +9,7 @@ monitor's counters.  Every subprocess has a timeout.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import select
@@ -348,11 +349,84 @@ def _tls_echo(server_ctx, client_ctx, *, wrap_listener: bool) -> tuple[bytes, st
     if not wrap_listener:
         assert box["accepted"] == "ring"
     # Both ends closed: each bridge passes the EOF on and closes its ring socket and
-    # socketpair end. Wait for that, so no descriptor closes during a later test.
+    # socketpair end.
+    _join_tls_bridges()
+    return got, transport
+
+
+class _Forwarding:
+    """An object passing everything on to a socket (as test_asyncio's TestSocketWrapper)."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+def _join_tls_bridges() -> None:
+    """Wait for the bridges to close their descriptors, so none closes in a later test."""
+    import threading
     for bridge in [th for th in threading.enumerate() if th.name == "socksdirect-tls-bridge"]:
         bridge.join(WAIT)
         assert not bridge.is_alive(), "a TLS bridge did not end after both ends closed"
-    return got, transport
+
+
+@pytest.mark.parametrize("forwarded", [False, True], ids=["socket", "forwarding-object"])
+def test_tls_wrapping_a_ring_connection_takes_it_over(monitor, patched, forwarded):
+    """wrap_socket takes a ring connection over, as it detaches a kernel socket.
+
+    The server then does to the object it accepted what socketserver's
+    shutdown_request does -- shutdown(SHUT_WR), close() -- right after its
+    TLS reply: on a detached kernel socket those do nothing, and here they
+    must not cut the bridged stream either.  The SSL socket reports the ring
+    connection's family and addresses, not the socketpair's.
+    """
+    import threading
+    server_ctx, client_ctx = _tls_contexts()
+    reply = os.urandom(200_000)
+    box = {}
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(WAIT)
+
+        def serve():
+            try:
+                request, peer = srv.accept()
+                request.settimeout(WAIT)
+                ssock = server_ctx.wrap_socket(
+                    _Forwarding(request) if forwarded else request, server_side=True)
+                box["fileno"] = request.fileno()
+                box["names"] = (ssock.family, ssock.getsockname(), ssock.getpeername(), peer)
+                ssock.sendall(reply)
+                ssock.close()
+                with pytest.raises(OSError) as closed:
+                    ssock.getpeername()
+                box["closed"] = closed.value.errno
+                with pytest.raises(OSError) as shut:
+                    request.shutdown(socket.SHUT_WR)
+                box["shutdown"] = shut.value.errno
+                request.close()
+            except BaseException as exc:   # noqa: BLE001 - reported by the test
+                box["error"] = exc
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        raw = socket.create_connection(srv.getsockname(), timeout=WAIT)
+        assert impl.transport_of(raw) == "ring"
+        mine, theirs = raw.getsockname(), raw.getpeername()
+        got = bytearray()
+        with client_ctx.wrap_socket(raw) as tls:
+            assert (tls.family, tls.getsockname(), tls.getpeername()) == (
+                socket.AF_INET, mine, theirs)
+            while chunk := tls.recv(1 << 16):
+                got += chunk
+        t.join(WAIT)
+    assert not t.is_alive() and "error" not in box, box
+    assert len(got) == len(reply) and got == reply, "the reply was cut short"
+    assert box["fileno"] == -1, "the wrapped object was left open (a kernel one is detached)"
+    assert box["names"] == (socket.AF_INET, theirs, mine, mine)
+    assert box["closed"] == box["shutdown"] == errno.EBADF
+    _join_tls_bridges()
 
 
 def test_tls_server_wrapping_its_listener_runs_over_the_kernel(monitor, patched):

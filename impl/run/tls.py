@@ -19,6 +19,7 @@ asyncio's TLS needs none of this: it runs OpenSSL over memory buffers
 
 from __future__ import annotations
 
+import errno
 import os
 import socket as _stdsocket
 import threading
@@ -30,24 +31,87 @@ __all__ = ["kernel_socket_for_tls", "patched_wrap_socket"]
 _CHUNK = 64 * 1024
 
 
+def _impl_socket_of(sock) -> impl.sdsocket.socket | None:
+    """The ring or listener impl socket *sock* is, or forwards fileno() to; else None.
+
+    A wrapper object (one that passes family, fileno(), detach() ... on to a
+    socket) is as good as a socket to ``wrap_socket``; its descriptor tells
+    which of ours it stands for.
+    """
+    if isinstance(sock, impl.sdsocket.socket):
+        return sock if sock.transport in ("ring", "listener") else None
+    try:
+        fd = sock.fileno()
+    except (AttributeError, OSError, TypeError, ValueError):
+        return None
+    return impl.sdsocket.socket_for_fd(fd) if isinstance(fd, int) else None
+
+
 def kernel_socket_for_tls(sock):
-    """Return a socket OpenSSL may use in place of *sock* (itself unless a ring/listener)."""
-    if not isinstance(sock, impl.sdsocket.socket):
+    """Return a socket OpenSSL may use in place of *sock* (itself unless a ring/listener).
+
+    Like the kernel's ``wrap_socket``, which detaches the socket it wraps, a
+    ring or listener socket given here is closed: the caller's later
+    ``shutdown()``/``close()`` on it must not cut the bridged stream.
+    """
+    real = _impl_socket_of(sock)
+    if real is None:
         return sock
-    if sock.transport == "listener":
-        return _kernel_listener(sock)
-    if sock.transport == "ring":
-        return _bridge(sock)
-    return sock
+    if real.transport == "listener":
+        return _kernel_listener(real)
+    return _bridge(real)
 
 
 def patched_wrap_socket(original):
-    """``SSLContext.wrap_socket`` that first swaps a ring or listener socket for a kernel one."""
+    """``SSLContext.wrap_socket`` that first swaps a ring or listener socket for a kernel one.
+
+    A bridged connection's SSL socket still reports the ring connection's
+    family and addresses (ftplib's FTP_TLS, for one, builds its data
+    connections from them), not the socketpair's.
+    """
     def wrap_socket(self, sock, *args, **kwargs):
-        return original(self, kernel_socket_for_tls(sock), *args, **kwargs)
+        real = _impl_socket_of(sock)
+        if real is None or real.transport != "ring":
+            return original(self, kernel_socket_for_tls(sock), *args, **kwargs)
+        names = (real.family, real.getsockname(), real.getpeername())
+        ssock = original(self, _bridge(real), *args, **kwargs)
+        ssock.__class__ = _bridged_class(type(ssock))
+        ssock._ring_family, ssock._ring_sockname, ssock._ring_peername = names
+        return ssock
     wrap_socket.__doc__ = original.__doc__
     wrap_socket.__wrapped__ = original
     return wrap_socket
+
+
+_bridged_classes: dict[type, type] = {}
+
+
+def _bridged_class(cls: type) -> type:
+    """A subclass of the SSL socket class *cls* reporting the ring's family and addresses."""
+    sub = _bridged_classes.get(cls)
+    if sub is not None:
+        return sub
+
+    class Bridged(cls):
+        @property
+        def family(self):
+            return self._ring_family
+
+        def getsockname(self):
+            self._check_open()
+            return self._ring_sockname
+
+        def getpeername(self):
+            self._check_open()
+            return self._ring_peername
+
+        def _check_open(self) -> None:
+            if self.fileno() < 0:
+                raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+
+    Bridged.__name__, Bridged.__qualname__ = cls.__name__, cls.__qualname__
+    Bridged.__doc__ = cls.__doc__
+    return _bridged_classes.setdefault(cls, Bridged)
 
 
 def _kernel_listener(sock):
@@ -61,9 +125,16 @@ def _kernel_listener(sock):
 
 
 def _bridge(sock):
+    # The copy threads work on a duplicate, and the caller's object is closed,
+    # as wrap_socket detaches it from a kernel socket: a shutdown(SHUT_WR) or
+    # close() the caller then makes (socketserver's shutdown_request does
+    # both) must not cut the ring while TLS records are still being copied.
+    ring = sock.dup()
+    timeout = sock.gettimeout()
+    sock.close()
+    ring.settimeout(None)
     ours, theirs = _stdsocket.socketpair(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
-    theirs.settimeout(sock.gettimeout())
-    sock.settimeout(None)
+    theirs.settimeout(timeout)
     done = threading.Semaphore(0)
 
     def copy(src_recv, dst_sendall, dst_shut) -> None:
@@ -79,12 +150,12 @@ def _bridge(sock):
             pass
         if done.acquire(blocking=False):     # the second direction to finish closes
             ours.close()
-            sock.close()
+            ring.close()
         else:
             done.release()
 
-    for args in ((sock.recv, ours.sendall, ours.shutdown),
-                 (ours.recv, sock.sendall, sock.shutdown)):
+    for args in ((ring.recv, ours.sendall, ours.shutdown),
+                 (ours.recv, ring.sendall, ring.shutdown)):
         threading.Thread(target=copy, args=args, daemon=True,
                          name="socksdirect-tls-bridge").start()
     return theirs
