@@ -772,7 +772,7 @@ class socket(_stdsocket.socket):
     docstring for what differs.
     """
 
-    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute", "_connecting")
+    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute", "_connecting", "_fd_out")
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None) -> None:
         """Create a socket like socket.socket(family, type, proto, fileno).
@@ -794,6 +794,7 @@ class socket(_stdsocket.socket):
         self._bufs: dict[tuple[int, int], int] = {}
         self._kroute = False
         self._connecting: threading.Event | None = None  # a connect() is asking the monitor
+        self._fd_out = False    # fileno() was handed out before a ring was set up
 
     def _adopt(self, family: int, type: int, proto: int, src: int, close_src: bool) -> None:
         """Become a socket object on descriptor *src* (any kind of descriptor).
@@ -821,6 +822,7 @@ class socket(_stdsocket.socket):
         self._bufs = {}
         self._kroute = False
         self._connecting = None
+        self._fd_out = False
         _by_fd[fd] = self
 
     def _init_ring(self, conn: _RingConn, src: int, *, close_src: bool, type: int = SOCK_STREAM,
@@ -883,6 +885,8 @@ class socket(_stdsocket.socket):
         conn = self._conn
         if conn is not None:
             conn.arm()
+        else:
+            self._fd_out = True     # should connect() set up a ring, it arms it then
         return super().fileno()
 
     def dup(self) -> socket:
@@ -1140,6 +1144,10 @@ class socket(_stdsocket.socket):
         self._conn = conn
         self._rtimeout = timeout
         _by_fd[fd] = self
+        if self._fd_out:
+            # The program may keep the number it got before connecting (asyncore
+            # does) and never ask again: the eventfd must be exact from now on.
+            conn.arm()
 
     # -- listening ----------------------------------------------------------------------
     def listen(self, backlog: int | None = None) -> None:

@@ -115,6 +115,29 @@ def test_readiness_when_fileno_is_taken_late():
         assert readable_select(p.b) and p.b.recv(1) == b""
 
 
+def test_readiness_when_fileno_was_taken_before_connect():
+    """A number asked for before connect() (asyncore keeps it) stays exact once a ring is set up.
+
+    The program never calls fileno() again: the ring must be armed at
+    connect time, or select on the old number never sees the peer's bytes.
+    """
+    with impl.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(WAIT)
+        with impl.socket() as cli:
+            fd = cli.fileno()
+            cli.connect(srv.getsockname())
+            assert cli.transport == "ring"
+            acc, _ = srv.accept()
+            with acc:
+                assert select.select([fd], [], [], 0)[0] == []
+                acc.sendall(b"x")
+                assert select.select([fd], [], [], WAIT)[0] == [fd], "the peer's byte unseen"
+                assert cli.recv(1) == b"x"
+                assert select.select([fd], [], [], 0)[0] == []
+                acc.close()
+                assert select.select([fd], [], [], WAIT)[0] == [fd], "the EOF unseen"
+
+
 def test_shutdown_rd_makes_it_readable():
     results = {}
     for kind in ("kernel", "ring"):
