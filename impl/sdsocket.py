@@ -772,17 +772,31 @@ class socket(_stdsocket.socket):
     docstring for what differs.
     """
 
-    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute", "_connecting", "_fd_out")
+    __slots__ = ("_conn", "_lst", "_rtimeout", "_bufs", "_kroute", "_connecting", "_fd_out",
+                 "_alias")
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None) -> None:
         """Create a socket like socket.socket(family, type, proto, fileno).
 
         *fileno* may also be a descriptor that :meth:`detach` returned for a
         ring or listener socket: the new object takes the connection up again.
+        Or that of a ring socket still open (http.client's ``response.fileno()``
+        made a socket of, for a tunnel): the new object is another holder of
+        the connection, on a descriptor of its own; its :meth:`detach` gives
+        *fileno* back, still open, as the kernel's would.
         """
         held = _detached.pop(fileno, None) if isinstance(fileno, int) else None
         if isinstance(held, _RingConn):
             self._init_ring(held, fileno, close_src=True)
+            return
+        # The holder may be closed but not yet released: close() waits for its
+        # makefile() objects, as http.client's closed connection does here.
+        live = _by_fd.get(fileno) if held is None and isinstance(fileno, int) else None
+        if live is not None and live._conn is not None:
+            live._conn.refs += 1
+            self._init_ring(live._conn, fileno, close_src=False, type=live.type,
+                            proto=live.proto)
+            self._alias = fileno
             return
         if isinstance(held, _Listener):
             self._init_listener(held, fileno)
@@ -795,6 +809,7 @@ class socket(_stdsocket.socket):
         self._kroute = False
         self._connecting: threading.Event | None = None  # a connect() is asking the monitor
         self._fd_out = False    # fileno() was handed out before a ring was set up
+        self._alias: int | None = None   # made by socket(fileno=) of this open ring socket
 
     def _adopt(self, family: int, type: int, proto: int, src: int, close_src: bool) -> None:
         """Become a socket object on descriptor *src* (any kind of descriptor).
@@ -823,6 +838,7 @@ class socket(_stdsocket.socket):
         self._kroute = False
         self._connecting = None
         self._fd_out = False
+        self._alias = None
         _by_fd[fd] = self
 
     def _init_ring(self, conn: _RingConn, src: int, *, close_src: bool, type: int = SOCK_STREAM,
@@ -910,8 +926,14 @@ class socket(_stdsocket.socket):
         """Close the socket object without closing the descriptor; return it.
 
         A ring connection or listener stays open: ``impl.socket(fileno=fd)``
-        takes it up again.
+        takes it up again.  A socket made on the number of an open ring
+        socket closes its own descriptor and returns that number.
         """
+        if self._alias is not None and self._conn is not None:
+            fd, self._alias = self._alias, None
+            self._closed = True
+            self._real_close()
+            return fd
         conn, lst = self._conn, self._lst
         fd = super().detach()
         if fd >= 0 and (conn is not None or lst is not None):

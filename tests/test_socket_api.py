@@ -684,6 +684,46 @@ def test_fromfd_of_a_ring_socket_shares_the_connection():
         assert p.b.recv(1) == b""
 
 
+def test_socket_of_an_open_ring_sockets_number_then_detach():
+    """http.client's tunnel pattern: socket(fileno=response.fileno()), use it, detach() it.
+
+    detach() gives the number back still open, as the kernel's does, and
+    the original socket goes on working; nothing is left behind.
+    """
+    fds = set(os.listdir("/proc/self/fd"))
+    with pair("ring") as p:
+        alias = impl.socket(fileno=p.a.fileno())
+        assert alias.transport == "ring" and alias.family == p.a.family
+        alias.sendall(b"tunnelled")
+        assert p.b.recv(9, stdsocket.MSG_WAITALL) == b"tunnelled"
+        assert alias.detach() == p.a.fileno() and alias.fileno() == -1
+        p.a.sendall(b"!")
+        assert p.b.recv(1) == b"!"
+        other = impl.socket(fileno=p.a.fileno())
+        other.close()                 # closes its own hold, not the connection
+        p.b.sendall(b"?")
+        assert p.a.recv(1) == b"?"
+        p.a.close()
+        p.b.settimeout(WAIT)
+        assert p.b.recv(1) == b"", "a hold on the connection was left behind"
+    assert set(os.listdir("/proc/self/fd")) == fds
+
+
+def test_socket_of_the_number_of_a_closed_socket_whose_file_is_open():
+    """http.client closes its connection before the tunnel: its makefile() keeps it open."""
+    with pair("ring") as p:
+        f = p.a.makefile("rb")
+        fd = f.fileno()
+        p.a.close()                   # deferred while the file is open
+        alias = impl.socket(fileno=fd)
+        alias.sendall(b"x")
+        assert p.b.recv(1) == b"x"
+        assert alias.detach() == fd
+        f.close()
+        p.b.settimeout(WAIT)
+        assert p.b.recv(1) == b""
+
+
 def test_listener_dup_and_detach():
     srv = impl.create_server(("127.0.0.1", 0))
     try:
