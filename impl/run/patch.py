@@ -228,4 +228,6 @@ class _KernelSocketLoader(importlib.abc.Loader):
 
     def __getattr__(self, name: str):
         # get_source, get_code, is_package, ...: tracebacks and inspect use them.
+        if name == "loader":        # not set yet (a copy being made): no recursion
+            raise AttributeError(name)
         return getattr(self.loader, name)
