@@ -792,10 +792,14 @@ class socket(_stdsocket.socket):
         # The holder may be closed but not yet released: close() waits for its
         # makefile() objects, as http.client's closed connection does here.
         live = _by_fd.get(fileno) if held is None and isinstance(fileno, int) else None
-        if live is not None and live._conn is not None:
-            live._conn.refs += 1
-            self._init_ring(live._conn, fileno, close_src=False, type=live.type,
-                            proto=live.proto)
+        conn = live._conn if live is not None else None
+        if conn is not None and conn.refs > 0:
+            conn.refs += 1
+            try:
+                self._init_ring(conn, fileno, close_src=False, type=live.type, proto=live.proto)
+            except BaseException:
+                conn.release()      # the hold taken above
+                raise
             self._alias = fileno
             return
         if isinstance(held, _Listener):
@@ -903,6 +907,9 @@ class socket(_stdsocket.socket):
             conn.arm()
         else:
             self._fd_out = True     # should connect() set up a ring, it arms it then
+            conn = self._conn
+            if conn is not None:    # a connect() in another thread got there between
+                conn.arm()
         return super().fileno()
 
     def dup(self) -> socket:

@@ -429,6 +429,30 @@ def test_tls_wrapping_a_ring_connection_takes_it_over(monitor, patched, forwarde
     _join_tls_bridges()
 
 
+def test_refused_tls_wrap_leaves_the_ring_connection_as_it_was(monitor, patched):
+    """wrap_socket refusing its arguments (check_hostname, no server_hostname) takes nothing.
+
+    With a kernel socket the ValueError comes before ssl detaches it; the
+    ring socket too must stay open and connected, the peer seeing no EOF.
+    """
+    ssl = pytest.importorskip("ssl", reason="Python built without OpenSSL")
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(WAIT)
+        with socket.create_connection(srv.getsockname(), timeout=WAIT) as raw:
+            acc, _ = srv.accept()
+            with acc:
+                assert impl.transport_of(raw) == "ring"
+                with pytest.raises(ValueError, match="server_hostname"):
+                    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).wrap_socket(raw)
+                assert raw.fileno() >= 0 and impl.transport_of(raw) == "ring"
+                raw.sendall(b"still here")
+                acc.settimeout(WAIT)
+                assert acc.recv(10, socket.MSG_WAITALL) == b"still here"
+                raw.close()
+                assert acc.recv(1) == b"", "a hold on the connection was left behind"
+    _join_tls_bridges()
+
+
 def test_tls_server_wrapping_its_listener_runs_over_the_kernel(monitor, patched):
     """http.server-style TLS: the listener is wrapped, so it leaves the monitor and
     clients connect through the kernel; nothing of OpenSSL touches an eventfd."""

@@ -59,7 +59,9 @@ def kernel_socket_for_tls(sock):
         return sock
     if real.transport == "listener":
         return _kernel_listener(real)
-    return _bridge(real)
+    end = _bridge(real)
+    end.detach_hook()          # no ssl.SSLSocket to commit it: start the bridge now
+    return end
 
 
 def patched_wrap_socket(original):
@@ -74,7 +76,12 @@ def patched_wrap_socket(original):
         if real is None or real.transport != "ring":
             return original(self, kernel_socket_for_tls(sock), *args, **kwargs)
         names = (real.family, real.getsockname(), real.getpeername())
-        ssock = original(self, _bridge(real), *args, **kwargs)
+        end = _bridge(real)
+        try:
+            ssock = original(self, end, *args, **kwargs)
+        except BaseException:
+            end.abandon()       # refused before it took the socket: the caller keeps it
+            raise
         ssock.__class__ = _bridged_class(type(ssock))
         ssock._ring_family, ssock._ring_sockname, ssock._ring_peername = names
         return ssock
@@ -124,18 +131,37 @@ def _kernel_listener(sock):
     return k
 
 
-def _bridge(sock):
+class _BridgeEnd(_stdsocket.socket):
+    """The socketpair end given to ``wrap_socket`` in place of a ring socket.
+
+    ssl checks its arguments first and then detaches the socket it wraps:
+    that ``detach()`` is the point where the kernel's wrap_socket takes the
+    socket from its caller, so it is where the ring socket is closed and
+    the bridge starts.  A wrap_socket refused before it leaves the caller's
+    ring socket as it was (:meth:`abandon`).
+    """
+
+    __slots__ = ("detach_hook", "abandon")
+
+    def detach(self) -> int:
+        """Detach, and start the bridge (once)."""
+        fd = super().detach()
+        self.detach_hook()
+        return fd
+
+
+def _bridge(sock) -> _BridgeEnd:
     # The copy threads work on a duplicate, and the caller's object is closed,
     # as wrap_socket detaches it from a kernel socket: a shutdown(SHUT_WR) or
     # close() the caller then makes (socketserver's shutdown_request does
     # both) must not cut the ring while TLS records are still being copied.
     ring = sock.dup()
-    timeout = sock.gettimeout()
-    sock.close()
     ring.settimeout(None)
-    ours, theirs = _stdsocket.socketpair(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
-    theirs.settimeout(timeout)
+    ours, pair_end = _stdsocket.socketpair(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
+    theirs = _BridgeEnd(fileno=pair_end.detach())
+    theirs.settimeout(sock.gettimeout())
     done = threading.Semaphore(0)
+    started = []
 
     def copy(src_recv, dst_sendall, dst_shut) -> None:
         # One direction; at EOF (or when the other side is gone) pass the EOF on.
@@ -154,8 +180,22 @@ def _bridge(sock):
         else:
             done.release()
 
-    for args in ((ring.recv, ours.sendall, ours.shutdown),
-                 (ours.recv, ring.sendall, ring.shutdown)):
-        threading.Thread(target=copy, args=args, daemon=True,
-                         name="socksdirect-tls-bridge").start()
+    def start() -> None:
+        if started:
+            return
+        started.append(True)
+        sock.close()
+        for args in ((ring.recv, ours.sendall, ours.shutdown),
+                     (ours.recv, ring.sendall, ring.shutdown)):
+            threading.Thread(target=copy, args=args, daemon=True,
+                             name="socksdirect-tls-bridge").start()
+
+    def abandon() -> None:
+        if started:     # refused after the handshake began: the threads end it
+            return
+        theirs.close()
+        ours.close()
+        ring.close()    # one holder less; the caller's socket still holds the ring
+
+    theirs.detach_hook, theirs.abandon = start, abandon
     return theirs
