@@ -313,6 +313,55 @@ def _serve_in_forked_child(monitor) -> None:
             s.close()
 
 
+# -- a RECALL racing the owner's own Enter -----------------------------------------------
+class _EnterAfterFirstLook:
+    """impl.token's C library, where the owner's Enter lands right after the first look.
+
+    The agent's first load of the word sees it idle; before its next step
+    the owner thread (this one) makes it BUSY, as its lock-free fast path
+    may at any moment.  Only the first load does this.
+    """
+
+    def __init__(self, lib, owner_word: int) -> None:
+        self._lib = lib
+        self._owner = owner_word
+        self.fired = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._lib, name)
+
+    def sd_token_load(self, p) -> int:
+        w = self._lib.sd_token_load(p)
+        if not self.fired:
+            self.fired = True
+            assert self._lib.sd_token_cas(p, self._owner, self._owner | 1) == 1  # Enter
+        return w
+
+
+def test_recall_racing_the_owners_enter_is_released_at_its_exit(monkeypatch, ring_pair):
+    """Was a lost wake-up (CI hung in test_processes_send_and_read_whole_frames):
+    the agent saw the word idle, so it set no WANT; the owner then entered,
+    so the release was left to its Exit -- which, without WANT, never calls
+    wanted().  The process kept the token and the other one's senders waited
+    for ever.  The agent must flag a BUSY owner with the same CAS it checks by."""
+    from impl import token as tokmod
+    cli, _conn = ring_pair
+    tok = send_token(cli)
+    me = tokmod.self_tid()
+    assert tok.word() == (me, False, False) and tok.held   # this thread's, idle
+    released = []
+    monkeypatch.setattr(agent, "send_release", lambda key: released.append(key) or True)
+    racing = _EnterAfterFirstLook(tokmod._lib, me << tokmod._SHIFT)
+    monkeypatch.setattr(tokmod, "_lib", racing)
+    tok.recall()                                        # TokenSharing!Recall
+    assert racing.fired and tok.word() == (me, True, True), \
+        f"the owner is BUSY now, and must have been flagged: {tok!r}"
+    assert released == [] and tok.held
+    tok.exit()                                          # the owner's Exit
+    assert released == [tok.key], f"its Exit did not run the release: {tok!r}"
+    assert not tok.held and not tok.queue and tok.word() == (0, False, False)
+
+
 # -- real programs over processes ---------------------------------------------------------
 @pytest.mark.parametrize("size,frame,count", [("small", 300, 200),
                                               ("large", 2 * FRAME_RING + 100, 40)])

@@ -79,7 +79,7 @@ def _advance_while_busy(self: Token) -> None:
         return
     p = self.endpoint._p
     w = tokmod._lib.sd_token_load(p)
-    # (planted) the real one returns here while w & BUSY
+    # (planted) the real one flags WANT and returns here while w & BUSY
     if tokmod._lib.sd_token_cas(p, w, 0) != 1:
         return
     self.queue.popleft()

@@ -257,26 +257,36 @@ class Token:
             if not self.held or AGENT in self.queue:
                 return
             self.queue.append(AGENT)
-            if self.word()[2]:
-                # TokenSharing!Flag: the BUSY owner's exit must run the release.
-                # (Should it leave before the OR lands, WANT stays set on an
-                # idle word: the same state as Flag just before its Exit.)
-                _lib.sd_token_or(self.endpoint._p, _WANT)
+            # Threads queued before the agent flag for themselves (_wait_turn);
+            # if the agent is first, _advance releases or flags.
             self._advance()
 
     def _advance(self) -> None:
-        """Under the lock: if a release is owed and due, make it (TokenSharing!Release)."""
+        """Under the lock: if a release is owed, make it (TokenSharing!Release), or, while
+        the owner is BUSY, flag it (Flag) so that its exit makes it."""
         if not self.queue or self.queue[0] is not AGENT:
             return
         if not self.held:
             self.queue.popleft()
             return
         p = self.endpoint._p
-        w = _lib.sd_token_load(p)
-        if w & _BUSY:
-            return                      # the owner's exit will call wanted()
-        if _lib.sd_token_cas(p, w, 0) != 1:
-            return
+        # The owner may Enter (or Exit) between any two of our looks: its
+        # fast path takes no lock.  So the word is only ever changed by a
+        # CAS from the value just seen, and a failed CAS looks again.  A
+        # "BUSY, return" without WANT set would leave the release to an
+        # Exit that has no reason to call wanted(): the process then kept
+        # the token for good (a sender hung in test_token_fork under load).
+        while True:
+            w = _lib.sd_token_load(p)
+            if w & _BUSY and w & _WANT:
+                return                  # flagged already: its Exit calls wanted()
+            ok = _lib.sd_token_cas(p, w, w | _WANT if w & _BUSY else 0)
+            if ok == 1 and w & _BUSY:
+                return                  # TokenSharing!Flag: its Exit calls wanted()
+            if ok == 1:
+                break                   # parked: TokenSharing!Release
+            if ok < 0:
+                return                  # the endpoint is closed: nothing to hand on
         self.queue.popleft()
         self.held = False
         from impl.token import agent
