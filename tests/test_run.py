@@ -453,6 +453,24 @@ def test_refused_tls_wrap_leaves_the_ring_connection_as_it_was(monitor, patched)
     _join_tls_bridges()
 
 
+def test_refused_tls_wrap_leaves_the_listener_as_it_was(monitor, patched):
+    """wrap_socket refusing its arguments (server_side with a server_hostname) takes nothing:
+    the listener stays ours, in the monitor, and its next client comes in over a ring."""
+    server_ctx, _ = _tls_contexts()
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(WAIT)
+        with pytest.raises(ValueError, match="server_hostname"):
+            server_ctx.wrap_socket(srv, server_side=True, server_hostname="x")
+        assert srv.fileno() >= 0 and impl.transport_of(srv) == "listener"
+        with socket.create_connection(srv.getsockname(), timeout=WAIT) as cli:
+            acc, _ = srv.accept()
+            with acc:
+                assert impl.transport_of(cli) == impl.transport_of(acc) == "ring"
+                cli.sendall(b"ring")
+                acc.settimeout(WAIT)
+                assert acc.recv(4, socket.MSG_WAITALL) == b"ring"
+
+
 def test_tls_server_wrapping_its_listener_runs_over_the_kernel(monitor, patched):
     """http.server-style TLS: the listener is wrapped, so it leaves the monitor and
     clients connect through the kernel; nothing of OpenSSL touches an eventfd."""

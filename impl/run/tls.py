@@ -57,10 +57,8 @@ def kernel_socket_for_tls(sock):
     real = _impl_socket_of(sock)
     if real is None:
         return sock
-    if real.transport == "listener":
-        return _kernel_listener(real)
-    end = _bridge(real)
-    end.detach_hook()          # no ssl.SSLSocket to commit it: start the bridge now
+    end = _kernel_listener(real) if real.transport == "listener" else _bridge(real)
+    end.detach_hook()          # no ssl.SSLSocket to commit it: hand over now
     return end
 
 
@@ -73,15 +71,21 @@ def patched_wrap_socket(original):
     """
     def wrap_socket(self, sock, *args, **kwargs):
         real = _impl_socket_of(sock)
-        if real is None or real.transport != "ring":
-            return original(self, kernel_socket_for_tls(sock), *args, **kwargs)
-        names = (real.family, real.getsockname(), real.getpeername())
-        end = _bridge(real)
+        if real is None:
+            return original(self, sock, *args, **kwargs)
+        listening = real.transport == "listener"
+        if listening:
+            end = _kernel_listener(real)
+        else:
+            names = (real.family, real.getsockname(), real.getpeername())
+            end = _bridge(real)
         try:
             ssock = original(self, end, *args, **kwargs)
         except BaseException:
             end.abandon()       # refused before it took the socket: the caller keeps it
             raise
+        if listening:
+            return ssock
         ssock.__class__ = _bridged_class(type(ssock))
         ssock._ring_family, ssock._ring_sockname, ssock._ring_peername = names
         return ssock
@@ -121,36 +125,37 @@ def _bridged_class(cls: type) -> type:
     return _bridged_classes.setdefault(cls, Bridged)
 
 
-def _kernel_listener(sock):
-    # The kernel listening socket stays open through our dup while the
-    # listener itself closes, which withdraws it from the monitor.
-    ksock = sock._lst.ksock
-    k = _stdsocket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(ksock.fileno()))
-    k.settimeout(sock.gettimeout())
-    sock.close()
-    return k
-
-
-class _BridgeEnd(_stdsocket.socket):
-    """The socketpair end given to ``wrap_socket`` in place of a ring socket.
+class _Handover(_stdsocket.socket):
+    """The kernel socket given to ``wrap_socket`` in place of one of ours.
 
     ssl checks its arguments first and then detaches the socket it wraps:
     that ``detach()`` is the point where the kernel's wrap_socket takes the
-    socket from its caller, so it is where the ring socket is closed and
-    the bridge starts.  A wrap_socket refused before it leaves the caller's
-    ring socket as it was (:meth:`abandon`).
+    socket from its caller, so it is where ours is handed over
+    (``detach_hook``: the listener closed, or the bridge started).  A
+    wrap_socket refused before that leaves the caller's socket as it was
+    (``abandon``).
     """
 
     __slots__ = ("detach_hook", "abandon")
 
     def detach(self) -> int:
-        """Detach, and start the bridge (once)."""
+        """Detach, and hand our socket over (once)."""
         fd = super().detach()
         self.detach_hook()
         return fd
 
 
-def _bridge(sock) -> _BridgeEnd:
+def _kernel_listener(sock) -> _Handover:
+    # The kernel listening socket stays open through our dup while the
+    # listener itself closes, which withdraws it from the monitor.
+    ksock = sock._lst.ksock
+    k = _Handover(sock.family, sock.type, sock.proto, fileno=os.dup(ksock.fileno()))
+    k.settimeout(sock.gettimeout())
+    k.detach_hook, k.abandon = sock.close, k.close
+    return k
+
+
+def _bridge(sock) -> _Handover:
     # The copy threads work on a duplicate, and the caller's object is closed,
     # as wrap_socket detaches it from a kernel socket: a shutdown(SHUT_WR) or
     # close() the caller then makes (socketserver's shutdown_request does
@@ -158,7 +163,7 @@ def _bridge(sock) -> _BridgeEnd:
     ring = sock.dup()
     ring.settimeout(None)
     ours, pair_end = _stdsocket.socketpair(_stdsocket.AF_UNIX, _stdsocket.SOCK_STREAM)
-    theirs = _BridgeEnd(fileno=pair_end.detach())
+    theirs = _Handover(fileno=pair_end.detach())
     theirs.settimeout(sock.gettimeout())
     done = threading.Semaphore(0)
     started = []
