@@ -17,6 +17,8 @@ import selectors
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -27,6 +29,7 @@ import impl.selectors
 from impl.monitor.paths import ENV_AUTOSTART, ENV_SOCKET
 from impl.run.patch import ENV_PATCH, is_patched
 from tests.monitor_util import ROOT
+from tests.proc_util import Child
 
 WAIT = 120.0   # bound on one runner subprocess; only a hang reaches it
 TARGETS = ROOT / "tests" / "run_targets"
@@ -316,7 +319,6 @@ def _tls_contexts():
 
 def _tls_echo(server_ctx, client_ctx, *, wrap_listener: bool) -> tuple[bytes, str]:
     """A TLS echo over patched sockets: (the echo, the raw client socket's transport)."""
-    import threading
     srv = socket.create_server(("127.0.0.1", 0))
     assert impl.transport_of(srv) == "listener"
     addr = srv.getsockname()
@@ -366,7 +368,6 @@ class _Forwarding:
 
 def _join_tls_bridges() -> None:
     """Wait for the bridges to close their descriptors, so none closes in a later test."""
-    import threading
     for bridge in [th for th in threading.enumerate() if th.name == "socksdirect-tls-bridge"]:
         bridge.join(WAIT)
         assert not bridge.is_alive(), "a TLS bridge did not end after both ends closed"
@@ -382,7 +383,6 @@ def test_tls_wrapping_a_ring_connection_takes_it_over(monitor, patched, forwarde
     must not cut the bridged stream either.  The SSL socket reports the ring
     connection's family and addresses, not the socketpair's.
     """
-    import threading
     server_ctx, client_ctx = _tls_contexts()
     reply = os.urandom(200_000)
     box = {}
@@ -450,6 +450,59 @@ def test_refused_tls_wrap_leaves_the_ring_connection_as_it_was(monitor, patched)
                 assert acc.recv(10, socket.MSG_WAITALL) == b"still here"
                 raw.close()
                 assert acc.recv(1) == b"", "a hold on the connection was left behind"
+    _join_tls_bridges()
+
+
+def test_fork_child_lets_go_of_running_tls_bridges(monitor, patched):
+    """A fork child has a bridge's ring socket but not its copy threads: it lets go of it.
+
+    Otherwise its hold would keep the ring connection open, the peer seeing
+    no EOF, for as long as the child lives (a kernel SSL socket is just one
+    more descriptor in the child).  The parent's bridges go on working.
+    """
+    server_ctx, client_ctx = _tls_contexts()
+    box = {}
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        srv.settimeout(WAIT)
+
+        def serve():
+            try:
+                conn, _ = srv.accept()
+                with server_ctx.wrap_socket(conn, server_side=True) as ssock:
+                    while data := ssock.recv(1024):
+                        ssock.sendall(data.upper())
+            except BaseException as exc:   # noqa: BLE001 - reported by the test
+                box["error"] = exc
+
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        raw = socket.create_connection(srv.getsockname(), timeout=WAIT)
+        cid = raw._conn.cid
+        with client_ctx.wrap_socket(raw) as tls:
+            tls.sendall(b"before")
+            assert tls.recv(1024) == b"BEFORE"       # both bridges run, in this process
+            r, w = os.pipe()
+
+            def stay() -> bool:          # alive until the parent closes w
+                os.close(w)
+                return os.read(r, 1) == b""
+
+            child = Child(stay, wait=WAIT)
+            os.close(r)
+            try:
+                deadline = time.monotonic() + 10
+                while any(child.pid in row["holders"]["client"] + row["holders"]["server"]
+                          for row in monitor.status()["connections"] if row["id"] == cid):
+                    assert time.monotonic() < deadline, \
+                        "the fork child still holds the bridged ring connection"
+                    time.sleep(0.01)
+                tls.sendall(b"after")
+                assert tls.recv(1024) == b"AFTER"
+            finally:
+                os.close(w)
+                assert child.result() is True
+        t.join(WAIT)
+    assert not t.is_alive() and "error" not in box, box
     _join_tls_bridges()
 
 

@@ -167,6 +167,7 @@ def _bridge(sock) -> _Handover:
     theirs.settimeout(sock.gettimeout())
     done = threading.Semaphore(0)
     started = []
+    held = (ring, ours)
 
     def copy(src_recv, dst_sendall, dst_shut) -> None:
         # One direction; at EOF (or when the other side is gone) pass the EOF on.
@@ -180,6 +181,7 @@ def _bridge(sock) -> _Handover:
         except OSError:
             pass
         if done.acquire(blocking=False):     # the second direction to finish closes
+            _running.discard(held)
             ours.close()
             ring.close()
         else:
@@ -189,6 +191,7 @@ def _bridge(sock) -> _Handover:
         if started:
             return
         started.append(True)
+        _running.add(held)
         sock.close()
         for args in ((ring.recv, ours.sendall, ours.shutdown),
                      (ours.recv, ring.sendall, ring.shutdown)):
@@ -204,3 +207,23 @@ def _bridge(sock) -> _Handover:
 
     theirs.detach_hook, theirs.abandon = start, abandon
     return theirs
+
+
+#: (ring socket, socketpair end) of every bridge running in this process.
+_running: set[tuple] = set()
+
+
+def _drop_bridges_in_child() -> None:
+    # A fork child has the bridges' sockets but not their threads: nothing
+    # would ever close them, and its hold would keep each ring connection
+    # open (the peer never seeing EOF) for as long as the child lives.  A
+    # kernel wrap_socket leaves no such hold: the child's copy of an SSL
+    # socket is one descriptor.  So the child lets go of them at once.
+    bridges = list(_running)
+    _running.clear()
+    for ring, ours in bridges:
+        ours.close()
+        ring.close()
+
+
+os.register_at_fork(after_in_child=_drop_bridges_in_child)
