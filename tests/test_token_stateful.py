@@ -671,9 +671,11 @@ class TokenMachine(RuleBasedStateMachine):
             assert M.invariants(PARAMS, self.state) == []
 
 
-#: The default run: about a minute and a quarter on two shared cores.
+#: The default run: about 45 s on two shared cores.  At 50 runs the rarest case
+#: the coverage test requires (a reclaim with a waiter) was reached 12 times;
+#: TOKEN_MACHINE_EXAMPLES=500 for a long run.
 MACHINE_SETTINGS = settings(
-    max_examples=int(os.environ.get("TOKEN_MACHINE_EXAMPLES", "80")),
+    max_examples=int(os.environ.get("TOKEN_MACHINE_EXAMPLES", "50")),
     stateful_step_count=40, deadline=None,
     # Shrinking re-runs processes and a monitor per attempt, and a concurrent
     # run need not fail again the same way; the failure report lists the
