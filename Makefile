@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup test modelcheck bench lint clean
+.PHONY: setup test modelcheck bench lint stress clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ modelcheck: setup
 
 bench: setup
 	$(PY) -m bench
+
+# Minutes, by design: the thread/process sharing tests again and again on loaded cores.
+stress: setup
+	$(PY) -m tests.stress
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -12,11 +12,15 @@ and helper of the socket module is re-exported here, so ``import impl as
 socket`` works.  Connections between processes of this host run over
 shared-memory rings (:mod:`impl.ring`) set up by the monitor
 (:mod:`impl.monitor`); anything else is a kernel socket.  Tokens and fork
-semantics will live in :mod:`impl.token` and :mod:`impl.fork`.
+semantics live in :mod:`impl.token` and :mod:`impl.fork`; :mod:`impl.diag`
+dumps what a stuck process's sockets wait for.
 """
 
+import os as _os
 import socket as _socket
+import warnings as _warnings
 
+from impl import diag as _diag
 from impl.run.patch import patch, unpatch
 from impl.sdsocket import (
     create_connection,
@@ -44,3 +48,10 @@ def _reexport() -> list[str]:
 SocketType = socket
 __all__ = ["socket", "SocketType", "socketpair", "create_connection", "create_server",
            "fromfd", "transport_of", "socket_for_fd", "patch", "unpatch", *_reexport()]
+
+if _os.environ.get(_diag.ENV_SIGNAL):
+    try:
+        _diag.install()
+    except ValueError as _exc:   # a bad name, or imported outside the main thread
+        _warnings.warn(f"socksdirect: no dump on a signal: {_exc}", RuntimeWarning,
+                       stacklevel=2)
