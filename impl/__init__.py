@@ -52,6 +52,6 @@ __all__ = ["socket", "SocketType", "socketpair", "create_connection", "create_se
 if _os.environ.get(_diag.ENV_SIGNAL):
     try:
         _diag.install()
-    except ValueError as _exc:   # a bad name, or imported outside the main thread
+    except (ValueError, OSError) as _exc:   # a bad name or signal, or not the main thread
         _warnings.warn(f"socksdirect: no dump on a signal: {_exc}", RuntimeWarning,
                        stacklevel=2)

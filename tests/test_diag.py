@@ -40,11 +40,15 @@ def test_dump_shows_a_sender_asleep_on_a_full_ring(tmp_path):
             assert time.monotonic() < deadline, "the sender never went to sleep"
             time.sleep(0.001)
         text = _dump_text(tmp_path)
-        assert f"pid {os.getpid()}: 2 ring connection(s)" in text
+        assert f"socksdirect dump of pid {os.getpid()}: " in text
+        assert text.rstrip().endswith(diag.END)
         assert f"capacity={cap} tail={cap} head=0 writer_sleeping=1" in text
         assert f"(bytes in it: {cap})" in text
         if a._conn.tokens()[0] is not None:      # the C backend checks tokens
             assert f"send token: owner={sender.native_id} busy=1" in text
+        # The owner's id in the word leads to its stack through the thread table.
+        assert f"  {sender.native_id}  {sender.ident:#018x}  " in text
+        assert f"Thread {sender.ident:#018x}" in text
         assert "in sendall" in text, "the sender's stack is missing"
         got = bytearray()
         b.settimeout(WAIT)
@@ -54,10 +58,13 @@ def test_dump_shows_a_sender_asleep_on_a_full_ring(tmp_path):
         assert not sender.is_alive() and bytes(got) == data
 
 
-def test_dump_of_a_process_without_ring_sockets(tmp_path):
+def test_dump_lists_every_thread_and_ends_with_its_marker(tmp_path):
     text = _dump_text(tmp_path)
     assert text.startswith(f"socksdirect dump of pid {os.getpid()}: ")
-    assert "threads:" in text and "test_dump_of_a_process_without_ring_sockets" in text
+    me = threading.current_thread()
+    assert f"  {me.native_id}  {me.ident:#018x}  {me.name}\n" in text
+    assert "in test_dump_lists_every_thread_and_ends_with_its_marker" in text
+    assert text.endswith(diag.END + "\n")
 
 
 _TARGET = """
@@ -97,13 +104,29 @@ def test_signal_dumps_the_process_and_its_fork_child(tmp_path):
         assert proc.wait(WAIT) == 0
 
 
-def test_a_bad_signal_name_warns_and_imports():
-    env = dict(os.environ, **{diag.ENV_SIGNAL: "NOSUCH"})
+@pytest.mark.parametrize("name,why", [("NOSUCH", "'NOSUCH' names no signal"),
+                                      ("KILL", "Invalid argument")])
+def test_a_bad_signal_warns_and_imports(name, why):
+    env = dict(os.environ, **{diag.ENV_SIGNAL: name})
     res = subprocess.run([sys.executable, "-c", "import impl; print(impl.socket)"], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=WAIT)
     assert res.returncode == 0, res.stderr
     assert "RuntimeWarning: socksdirect: no dump on a signal" in res.stderr
-    assert "'NOSUCH' names no signal" in res.stderr
+    assert why in res.stderr
+
+
+def test_a_dump_that_cannot_be_written_does_not_disturb_the_program(tmp_path):
+    """The handler runs inside whatever the main thread was doing: an error is reported
+    on stderr, never raised into the program."""
+    env = dict(os.environ, **{diag.ENV_SIGNAL: "USR1", diag.ENV_DIR: str(tmp_path / "none")})
+    code = ("import os, signal, impl\n"
+            "a, b = impl.socketpair()\n"
+            "os.kill(os.getpid(), signal.SIGUSR1)\n"
+            "a.sendall(b'ok'); print(b.recv(2).decode())\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=WAIT)
+    assert res.returncode == 0 and res.stdout == "ok\n", res.stderr
+    assert "socksdirect: no dump: FileNotFoundError" in res.stderr
 
 
 @pytest.mark.parametrize("name,num", [("USR1", signal.SIGUSR1), ("sigusr2", signal.SIGUSR2),

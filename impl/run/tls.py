@@ -181,9 +181,10 @@ def _bridge(sock) -> _Handover:
         except OSError:
             pass
         if done.acquire(blocking=False):     # the second direction to finish closes
-            _running.discard(held)
             ours.close()
             ring.close()
+            # Only now: a fork before the closes must still find them to drop.
+            _running.discard(held)
         else:
             done.release()
 
