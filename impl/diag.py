@@ -50,7 +50,7 @@ def _ring_line(name: str, ring) -> str:
         if ring.closed:
             return f"    {name}: closed"
         q = ring._q
-        words = {f: q[layout.FIELDS[f] // 8] for f in _FIELDS}
+        words = {f: q[layout.word(layout.FIELDS[f])] for f in _FIELDS}
     except ValueError:              # closed by another thread meanwhile (released view)
         return f"    {name}: closed"
     shown = " ".join(f"{f}={v}" for f, v in words.items())

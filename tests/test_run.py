@@ -317,6 +317,21 @@ def _tls_contexts():
     return server, client
 
 
+def _serving(serve) -> tuple[threading.Thread, dict]:
+    """Run ``serve(box)`` in a daemon thread; what it raises lands in ``box["error"]``."""
+    box: dict = {}
+
+    def run() -> None:
+        try:
+            serve(box)
+        except BaseException as exc:   # noqa: BLE001 - reported by the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
 def _tls_echo(server_ctx, client_ctx, *, wrap_listener: bool) -> tuple[bytes, str]:
     """A TLS echo over patched sockets: (the echo, the raw client socket's transport)."""
     srv = socket.create_server(("127.0.0.1", 0))
@@ -325,21 +340,16 @@ def _tls_echo(server_ctx, client_ctx, *, wrap_listener: bool) -> tuple[bytes, st
     if wrap_listener:
         srv = server_ctx.wrap_socket(srv, server_side=True)
     srv.settimeout(WAIT)
-    box = {}
 
-    def serve():
-        try:
-            conn, _ = srv.accept()
-            if not wrap_listener:
-                box["accepted"] = impl.transport_of(conn)
-                conn = server_ctx.wrap_socket(conn, server_side=True)
-            with conn:
-                conn.sendall(conn.recv(1024).upper())
-        except BaseException as exc:   # noqa: BLE001 - reported by the test
-            box["error"] = exc
+    def serve(box: dict) -> None:
+        conn, _ = srv.accept()
+        if not wrap_listener:
+            box["accepted"] = impl.transport_of(conn)
+            conn = server_ctx.wrap_socket(conn, server_side=True)
+        with conn:
+            conn.sendall(conn.recv(1024).upper())
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    t, box = _serving(serve)
     raw = socket.create_connection(addr, timeout=WAIT)
     transport = impl.transport_of(raw)
     with client_ctx.wrap_socket(raw) as tls:
@@ -385,32 +395,27 @@ def test_tls_wrapping_a_ring_connection_takes_it_over(monitor, patched, forwarde
     """
     server_ctx, client_ctx = _tls_contexts()
     reply = os.urandom(200_000)
-    box = {}
     with socket.create_server(("127.0.0.1", 0)) as srv:
         srv.settimeout(WAIT)
 
-        def serve():
-            try:
-                request, peer = srv.accept()
-                request.settimeout(WAIT)
-                ssock = server_ctx.wrap_socket(
-                    _Forwarding(request) if forwarded else request, server_side=True)
-                box["fileno"] = request.fileno()
-                box["names"] = (ssock.family, ssock.getsockname(), ssock.getpeername(), peer)
-                ssock.sendall(reply)
-                ssock.close()
-                with pytest.raises(OSError) as closed:
-                    ssock.getpeername()
-                box["closed"] = closed.value.errno
-                with pytest.raises(OSError) as shut:
-                    request.shutdown(socket.SHUT_WR)
-                box["shutdown"] = shut.value.errno
-                request.close()
-            except BaseException as exc:   # noqa: BLE001 - reported by the test
-                box["error"] = exc
+        def serve(box: dict) -> None:
+            request, peer = srv.accept()
+            request.settimeout(WAIT)
+            ssock = server_ctx.wrap_socket(
+                _Forwarding(request) if forwarded else request, server_side=True)
+            box["fileno"] = request.fileno()
+            box["names"] = (ssock.family, ssock.getsockname(), ssock.getpeername(), peer)
+            ssock.sendall(reply)
+            ssock.close()
+            with pytest.raises(OSError) as closed:
+                ssock.getpeername()
+            box["closed"] = closed.value.errno
+            with pytest.raises(OSError) as shut:
+                request.shutdown(socket.SHUT_WR)
+            box["shutdown"] = shut.value.errno
+            request.close()
 
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
+        t, box = _serving(serve)
         raw = socket.create_connection(srv.getsockname(), timeout=WAIT)
         assert impl.transport_of(raw) == "ring"
         mine, theirs = raw.getsockname(), raw.getpeername()
@@ -461,21 +466,16 @@ def test_fork_child_lets_go_of_running_tls_bridges(monitor, patched):
     more descriptor in the child).  The parent's bridges go on working.
     """
     server_ctx, client_ctx = _tls_contexts()
-    box = {}
     with socket.create_server(("127.0.0.1", 0)) as srv:
         srv.settimeout(WAIT)
 
-        def serve():
-            try:
-                conn, _ = srv.accept()
-                with server_ctx.wrap_socket(conn, server_side=True) as ssock:
-                    while data := ssock.recv(1024):
-                        ssock.sendall(data.upper())
-            except BaseException as exc:   # noqa: BLE001 - reported by the test
-                box["error"] = exc
+        def serve(box: dict) -> None:
+            conn, _ = srv.accept()
+            with server_ctx.wrap_socket(conn, server_side=True) as ssock:
+                while data := ssock.recv(1024):
+                    ssock.sendall(data.upper())
 
-        t = threading.Thread(target=serve, daemon=True)
-        t.start()
+        t, box = _serving(serve)
         raw = socket.create_connection(srv.getsockname(), timeout=WAIT)
         cid = raw._conn.cid
         with client_ctx.wrap_socket(raw) as tls:

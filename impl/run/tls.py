@@ -26,7 +26,7 @@ import threading
 
 import impl.sdsocket
 
-__all__ = ["kernel_socket_for_tls", "patched_wrap_socket"]
+__all__ = ["patched_wrap_socket"]
 
 _CHUNK = 64 * 1024
 
@@ -45,21 +45,6 @@ def _impl_socket_of(sock) -> impl.sdsocket.socket | None:
     except (AttributeError, OSError, TypeError, ValueError):
         return None
     return impl.sdsocket.socket_for_fd(fd) if isinstance(fd, int) else None
-
-
-def kernel_socket_for_tls(sock):
-    """Return a socket OpenSSL may use in place of *sock* (itself unless a ring/listener).
-
-    Like the kernel's ``wrap_socket``, which detaches the socket it wraps, a
-    ring or listener socket given here is closed: the caller's later
-    ``shutdown()``/``close()`` on it must not cut the bridged stream.
-    """
-    real = _impl_socket_of(sock)
-    if real is None:
-        return sock
-    end = _kernel_listener(real) if real.transport == "listener" else _bridge(real)
-    end.detach_hook()          # no ssl.SSLSocket to commit it: hand over now
-    return end
 
 
 def patched_wrap_socket(original):
